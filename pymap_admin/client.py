@@ -1,0 +1,353 @@
+"""The async client of pymap's admin API.
+
+One :class:`AdminClient` owns one grpclib channel: one HTTP/2 connection on
+which any number of calls are multiplexed, reconnected on demand after the
+server went away. Results are plain dataclasses; failures are the exceptions
+of :mod:`pymap_admin.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from grpclib.client import Channel
+from grpclib.exceptions import GRPCError
+
+from . import errors
+from .settings import DEFAULT_PORT, ConnectionSettings
+from .tokens import RequestTokens, TokenSource, inspect_token
+
+if TYPE_CHECKING:
+    from .grpc import admin_pb2
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AdminClient",
+    "AppendResult",
+    "LoginResult",
+    "PingResult",
+    "UserInfo",
+]
+
+#: The admin protocol version we implement and send as ``client-version``.
+#: pymap accepts 0.12.x from a 0.12.y server; our own package version would
+#: be refused.
+PROTOCOL_VERSION = "0.12.1"
+
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    pymap_version: str
+    pymap_admin_version: str
+    response: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    bearer_token: str = field(repr=False)
+    response: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where the message went. ``mailbox`` is empty and ``uid`` None when the
+    user's Sieve script discarded it."""
+
+    mailbox: str
+    validity: int | None
+    uid: int | None
+    response: str
+
+    @property
+    def discarded(self) -> bool:
+        return self.uid is None and not self.mailbox
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    user: str
+    entity_tag: int | None
+    #: The stored password *hash* (the server hashes what it is sent), or None.
+    password: str | None = field(repr=False)
+    roles: tuple[str, ...]
+    params: Mapping[str, str]
+    response: str = ""
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace").strip()
+
+
+def _user_info(response: admin_pb2.UserResponse) -> UserInfo:
+    data = response.data
+    return UserInfo(
+        user=response.user,
+        entity_tag=response.entity_tag if response.HasField("entity_tag") else None,
+        password=data.password if data.HasField("password") else None,
+        roles=tuple(data.roles),
+        params=dict(data.params),
+        response=_text(response.result.response),
+    )
+
+
+class AdminClient:
+    """An async context manager owning one connection to a pymap admin service.
+
+    ``settings`` say where to connect and which token to use. ``channel``
+    replaces the channel made from the settings (tests use it to talk to an
+    in-process server); ``tokens`` replaces the token source.
+    """
+
+    def __init__(
+        self,
+        settings: ConnectionSettings | None = None,
+        *,
+        channel: Channel | None = None,
+        tokens: TokenSource | None = None,
+        attenuate_tokens: bool = True,
+    ) -> None:
+        self.settings = settings if settings is not None else ConnectionSettings()
+        self._timeout = self.settings.timeout
+        self._channel = channel if channel is not None else _make_channel(self.settings)
+        self._target = self.settings.target if channel is None else "the admin service"
+        self._tokens = tokens if tokens is not None else TokenSource(
+            token=self.settings.token, path=self.settings.token_path())
+        self._request_tokens = RequestTokens() if attenuate_tokens else None
+        from .grpc.admin_grpc import MailboxStub, SystemStub, UserStub
+
+        self._system = SystemStub(self._channel)
+        self._mailbox = MailboxStub(self._channel)
+        self._user = UserStub(self._channel)
+        self._version_metadata = {"client-version": PROTOCOL_VERSION}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    @property
+    def tokens(self) -> TokenSource:
+        return self._tokens
+
+    # --- plumbing -------------------------------------------------------
+
+    async def _invoke(self, call: Callable[..., Awaitable[_R]], request: Any,
+                      metadata: Mapping[str, str], timeout: float | None) -> _R:
+        try:
+            return await call(request, timeout=timeout or self._timeout, metadata=metadata)
+        except GRPCError as exc:
+            raise errors.map_grpc_error(exc) from exc
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            raise errors.map_os_error(exc, self._target) from exc
+        except errors.AdminError:
+            raise
+        except Exception as exc:
+            # grpclib and h2 raise a few of their own types for broken streams;
+            # map_os_error knows them and calls the rest a broken connection.
+            from grpclib.exceptions import ProtocolError, StreamTerminatedError
+
+            if isinstance(exc, StreamTerminatedError | ProtocolError):
+                raise errors.map_os_error(exc, self._target) from exc
+            raise
+
+    def _token_metadata(self, user: str | None) -> dict[str, str]:
+        token = self._tokens.current()
+        if user is not None and self._request_tokens is not None:
+            token = self._request_tokens.for_user(token, user)
+        return {**self._version_metadata, "auth-token": token}
+
+    async def _authenticated(self, operation: str, call: Callable[..., Awaitable[_R]],
+                             request: Any, user: str | None, *,
+                             timeout: float | None = None) -> _R:
+        """A token-authenticated call, retried once with a re-read token file
+        if the server refused the token (it restarted with a new one)."""
+        retried = False
+        while True:
+            response = await self._invoke(call, request, self._token_metadata(user), timeout)
+            result = response.result  # type: ignore[attr-defined]
+            if result.code == 0:
+                return response
+            error = errors.result_error(result.key, _text(result.response), operation=operation)
+            if isinstance(error, errors.AuthError) and not retried and self._tokens.reload():
+                retried = True
+                continue
+            if isinstance(error, errors.InvalidAuth):
+                error = self._explain_invalid_auth(error)
+            raise error
+
+    def _explain_invalid_auth(self, error: errors.InvalidAuth) -> errors.InvalidAuth:
+        try:
+            info = inspect_token(self._tokens.current())
+        except (ValueError, errors.ConfigurationError):
+            return error
+        if info.expired():
+            assert info.expires is not None
+            return errors.TokenExpired(error.key, error.response, operation=error.operation,
+                                       expired_at=info.expires.isoformat())
+        return error
+
+    # --- System ---------------------------------------------------------
+
+    async def ping(self, *, timeout: float | None = None) -> PingResult:
+        from .grpc.admin_pb2 import PingRequest
+
+        response = await self._invoke(self._system.Ping, PingRequest(),
+                                      self._version_metadata, timeout)
+        return PingResult(response.pymap_version, response.pymap_admin_version,
+                          _text(response.result.response))
+
+    async def check(self, service: str = "", *, timeout: float | None = None) -> bool:
+        """The standard gRPC health check: True when the service is SERVING.
+
+        ``""`` is the whole server, ``pymap.backend`` its storage backend; an
+        unknown name raises :class:`~pymap_admin.errors.UnexpectedStatus`
+        (NOT_FOUND).
+        """
+        from grpclib.health.v1.health_grpc import HealthStub
+        from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+        stub = HealthStub(self._channel)
+        response = await self._invoke(stub.Check, HealthCheckRequest(service=service),
+                                      self._version_metadata, timeout)
+        return bool(response.status == HealthCheckResponse.SERVING)
+
+    async def login(self, user: str, *, password: str | None = None,
+                    authzid: str | None = None, expiration: datetime | None = None,
+                    timeout: float | None = None) -> LoginResult:
+        """A bearer token for ``user``: with ``password`` checked by the
+        server, or, without it, re-issued for the identity of our token.
+
+        ``expiration`` is also added to the issued token as a ``time <``
+        caveat with a timezone, so it holds even where the server's own
+        expiry handling does not.
+        """
+        from .grpc.admin_pb2 import LoginRequest
+        from .tokens import attenuate
+
+        request = LoginRequest(authcid=user)
+        if authzid is not None:
+            request.authzid = authzid
+        if expiration is not None:
+            if expiration.tzinfo is None:
+                raise ValueError("expiration must carry a timezone")
+            request.token_expiration = expiration.timestamp()
+        if password is not None:
+            request.secret = password
+            response = await self._invoke(self._system.Login, request,
+                                          self._version_metadata, timeout)
+            result = response.result
+            if result.code != 0:
+                raise errors.result_error(result.key, _text(result.response),
+                                          operation="Login")
+        else:
+            response = await self._authenticated("Login", self._system.Login, request, user,
+                                                 timeout=timeout)
+        token = response.bearer_token
+        if expiration is not None:
+            token = attenuate(token, expires=expiration.astimezone(UTC))
+        return LoginResult(token, _text(response.result.response))
+
+    # --- Mailbox --------------------------------------------------------
+
+    async def append(self, user: str, data: bytes, *, sender: str | None = None,
+                     recipient: str | None = None, mailbox: str | None = None,
+                     flags: Iterable[str] = (), when: float | None = None,
+                     timeout: float | None = None) -> AppendResult:
+        """Deliver ``data`` to ``user``; pymap runs the user's Sieve script.
+
+        ``sender`` None is "unknown" (the server uses an empty sender),
+        ``recipient`` None is ``user``, ``mailbox`` None is INBOX, ``when``
+        None is now.
+        """
+        from .grpc.admin_pb2 import AppendRequest
+
+        request = AppendRequest(user=user, data=data, flags=list(flags),
+                                when=int(time.time() if when is None else when))
+        if sender is not None:
+            request.sender = sender
+        if recipient is not None:
+            request.recipient = recipient
+        if mailbox is not None:
+            request.mailbox = mailbox
+        response = await self._authenticated("Append", self._mailbox.Append, request, user,
+                                             timeout=timeout)
+        return AppendResult(
+            mailbox=response.mailbox,
+            validity=response.validity if response.HasField("validity") else None,
+            uid=response.uid if response.HasField("uid") else None,
+            response=_text(response.result.response),
+        )
+
+    # --- User -----------------------------------------------------------
+
+    async def get_user(self, user: str, *, timeout: float | None = None) -> UserInfo:
+        from .grpc.admin_pb2 import GetUserRequest
+
+        response = await self._authenticated("GetUser", self._user.GetUser,
+                                             GetUserRequest(user=user), user, timeout=timeout)
+        return _user_info(response)
+
+    async def set_user(self, user: str, *, password: str | None = None,
+                       roles: Iterable[str] = (), params: Mapping[str, str] | None = None,
+                       overwrite: bool = True, previous_entity_tag: int | None = None,
+                       timeout: float | None = None) -> UserInfo:
+        """Create or replace ``user``.
+
+        With ``previous_entity_tag`` the write succeeds only if the stored
+        user still has that tag (else :class:`~pymap_admin.errors.CannotReplaceUser`);
+        otherwise ``overwrite=False`` refuses to replace an existing user.
+        ``password`` is sent in clear (over the socket or TLS) and hashed by
+        the server; None leaves the user without a password.
+        """
+        from .grpc.admin_pb2 import SetUserRequest, UserData
+
+        data = UserData(roles=list(roles), params=dict(params or {}))
+        if password is not None:
+            data.password = password
+        request = SetUserRequest(user=user, data=data)
+        if previous_entity_tag is not None:
+            request.previous_entity_tag = previous_entity_tag
+        else:
+            request.overwrite = overwrite
+        response = await self._authenticated("SetUser", self._user.SetUser, request, user,
+                                             timeout=timeout)
+        return _user_info(response)
+
+    async def change_password(self, user: str, password: str | None, *,
+                              timeout: float | None = None) -> UserInfo:
+        """Change only the password: roles and params are kept, and a
+        concurrent edit between our read and our write is detected
+        (:class:`~pymap_admin.errors.CannotReplaceUser`), not overwritten."""
+        current = await self.get_user(user, timeout=timeout)
+        if current.entity_tag is None:
+            raise errors.UnexpectedStatus("the server returned no entity tag for the user")
+        return await self.set_user(user, password=password, roles=current.roles,
+                                   params=current.params,
+                                   previous_entity_tag=current.entity_tag, timeout=timeout)
+
+    async def delete_user(self, user: str, *, timeout: float | None = None) -> None:
+        from .grpc.admin_pb2 import DeleteUserRequest
+
+        await self._authenticated("DeleteUser", self._user.DeleteUser,
+                                  DeleteUserRequest(user=user), user, timeout=timeout)
+
+
+def _make_channel(settings: ConnectionSettings) -> Channel:
+    if settings.uses_tcp:
+        return Channel(host=settings.host or "localhost", port=settings.port or DEFAULT_PORT,
+                       ssl=settings.ssl_context() if settings.uses_tls else None)
+    return Channel(path=str(settings.socket_path()))
+

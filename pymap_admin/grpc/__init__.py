@@ -1,0 +1,1 @@
+"""Generated protobuf and grpclib modules for proto/admin.proto (tools/gen_proto.sh)."""

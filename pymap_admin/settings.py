@@ -1,0 +1,258 @@
+"""Connection settings: command line > environment > config file, and file discovery.
+
+The conventions are those pymap users already have (environment variables
+``PYMAP_ADMIN_*``, ``~/.config/pymap/``, ``$TMPDIR/pymap/``), with one
+deliberate difference from the published client: a path the user names
+explicitly (option, environment or config file) is used as given, and its
+absence is reported, instead of silently falling back to another server's
+socket.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from configparser import ConfigParser
+from configparser import Error as ConfigParserError
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = [
+    "CONFIG_NAME",
+    "CONFIG_SECTION",
+    "DEFAULT_PORT",
+    "DEFAULT_TIMEOUT",
+    "SOCKET_NAME",
+    "TOKEN_NAME",
+    "ConnectionSettings",
+    "config_home",
+    "discover",
+    "load_settings",
+]
+
+SOCKET_NAME = "pymap-admin.sock"
+TOKEN_NAME = "pymap-admin.token"
+CONFIG_NAME = "pymap-admin.conf"
+CONFIG_SECTION = "pymap-admin"
+DEFAULT_PORT = 50051
+#: Per-call deadline in seconds. A real pymap spends ~0.3 s per authenticated
+#: call; this leaves room for a loaded server while staying far below
+#: postfix's 600 s LMTP data-done timeout.
+DEFAULT_TIMEOUT = 60.0
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+_TRUE = frozenset({"1", "yes", "true", "on"})
+_FALSE = frozenset({"0", "no", "false", "off", ""})
+
+
+def config_home() -> Path:
+    """``$XDG_CONFIG_HOME/pymap`` (default ``~/.config/pymap``): where login -s
+    and save-args write."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "pymap"
+
+
+def _temp_home() -> Path:
+    return Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "pymap"
+
+
+def discover(name: str) -> Path | None:
+    """The first existing default location for ``name``, or None."""
+    for folder in (config_home(), _temp_home()):
+        candidate = folder / name
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigurationError(f"{name}: expected yes/no, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConnectionSettings:
+    """Where and how to reach the pymap admin service.
+
+    With neither ``host`` nor ``port`` the client uses the UNIX socket
+    ``path`` (discovered when not given). Over TCP, TLS is used when asked for
+    (``tls=True`` or any certificate option), never when ``tls=False``, and by
+    default only for hosts other than loopback: a token never crosses a
+    network in clear unless the operator says so.
+    """
+
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    cafile: Path | None = None
+    capath: Path | None = None
+    no_verify_cert: bool = False
+    tls: bool | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ConfigurationError(f"port out of range: {self.port}")
+        if self.timeout <= 0:
+            raise ConfigurationError(f"timeout must be positive: {self.timeout}")
+        if self.key is not None and self.cert is None:
+            raise ConfigurationError("a client key was given without its certificate (--cert)")
+
+    @property
+    def uses_tcp(self) -> bool:
+        return self.host is not None or self.port is not None
+
+    @property
+    def uses_tls(self) -> bool:
+        if not self.uses_tcp or self.tls is False:
+            return False
+        if self.tls or any((self.cert, self.cafile, self.capath, self.no_verify_cert)):
+            return True
+        return (self.host or "localhost") not in _LOOPBACK_HOSTS
+
+    @property
+    def target(self) -> str:
+        """Where we connect, for messages."""
+        if self.uses_tcp:
+            scheme = "https" if self.uses_tls else "http"
+            return f"{scheme}://{self.host or 'localhost'}:{self.port or DEFAULT_PORT}"
+        return f"unix:{self.socket_path()}"
+
+    def socket_path(self) -> Path:
+        """The UNIX socket: as named, or the first one found."""
+        if self.path is not None:
+            return self.path
+        found = discover(SOCKET_NAME)
+        if found is None:
+            raise ConfigurationError(
+                f"no pymap admin socket found in {config_home()} or {_temp_home()}; "
+                "use --host/--port or --path"
+            )
+        return found
+
+    def token_path(self) -> Path | None:
+        """The token file: as named, or the first one found."""
+        return self.token_file if self.token_file is not None else discover(TOKEN_NAME)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.cafile) if self.cafile else None,
+                capath=str(self.capath) if self.capath else None,
+            )
+            if self.cert is not None:
+                context.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"cannot load TLS files: {exc}") from exc
+        if self.no_verify_cert:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        # HTTP/2 over TLS requires ALPN "h2".
+        context.set_alpn_protocols(["h2"])
+        return context
+
+
+# name -> (environment variable, kind)
+_SOURCES: Mapping[str, tuple[str, str]] = {
+    "host": ("PYMAP_ADMIN_HOST", "str"),
+    "port": ("PYMAP_ADMIN_PORT", "int"),
+    "path": ("PYMAP_ADMIN_SOCKET", "path"),
+    "token_file": ("PYMAP_ADMIN_TOKEN_FILE", "path"),
+    "cert": ("PYMAP_ADMIN_CERT", "path"),
+    "key": ("PYMAP_ADMIN_KEY", "path"),
+    "cafile": ("PYMAP_ADMIN_CAFILE", "path"),
+    "capath": ("PYMAP_ADMIN_CAPATH", "path"),
+    "no_verify_cert": ("PYMAP_ADMIN_NO_VERIFY_CERT", "bool"),
+    "tls": ("PYMAP_ADMIN_TLS", "bool"),
+    "timeout": ("PYMAP_ADMIN_TIMEOUT", "float"),
+}
+
+#: The keys of the config file, in the order save-args writes them.
+CONFIG_KEYS = tuple(_SOURCES)
+
+
+def _convert(name: str, kind: str, raw: object) -> object:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: not a number: {raw!r}") from exc
+    if kind == "bool":
+        return _parse_bool(name, raw)
+    if kind == "path":
+        return Path(raw).expanduser()
+    return raw
+
+
+def find_config_file(option: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file: as named (must exist), else the first one found."""
+    named = option if option is not None else environ.get("PYMAP_ADMIN_CONFIG")
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigurationError(f"config file not found: {path}")
+        return path
+    return discover(CONFIG_NAME)
+
+
+def read_config_file(path: Path) -> dict[str, str]:
+    parser = ConfigParser(interpolation=None)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (OSError, UnicodeDecodeError, ConfigParserError) as exc:
+        raise ConfigurationError(f"cannot read config file {path}: {exc}") from exc
+    if not parser.has_section(CONFIG_SECTION):
+        return {}
+    return dict(parser.items(CONFIG_SECTION))
+
+
+def load_settings(
+    options: Mapping[str, object | None] | None = None,
+    *,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ConnectionSettings:
+    """Resolve settings: ``options`` (the command line; None means not given)
+    > ``environ`` (default ``os.environ``) > the config file."""
+    env = os.environ if environ is None else environ
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = set(given) - set(_SOURCES) - {"token"}
+    if unknown:
+        raise ConfigurationError(f"unknown settings: {', '.join(sorted(unknown))}")
+    path = find_config_file(config_file, env)
+    from_file = read_config_file(path) if path is not None else {}
+    values: dict[str, object] = {}
+    for name, (variable, kind) in _SOURCES.items():
+        for raw in (given.get(name), env.get(variable) or None, from_file.get(name) or None):
+            if raw is not None:
+                values[name] = _convert(name, kind, raw)
+                break
+    # A token given directly wins over token files found by discovery, but a
+    # token file named on the command line is the user's explicit choice.
+    token = given.get("token") or (None if "token_file" in given else env.get("PYMAP_ADMIN_TOKEN"))
+    if token:
+        values["token"] = str(token).strip()
+    known = {f.name for f in fields(ConnectionSettings)}
+    return ConnectionSettings(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]

@@ -1,0 +1,205 @@
+"""Where tokens come from, and what a token says.
+
+pymap's admin tokens are macaroons. Anyone holding one can add first-party
+caveats without the server's key, and pymap checks two kinds: ``time <
+<ISO-8601 with timezone>`` and ``authzid = <user>``. The client uses that to
+send, with each request, a token narrowed to the user it acts on and to a few
+minutes: a request token seen by anyone else is good for one user, briefly.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "REQUEST_TOKEN_LIFETIME",
+    "RequestTokens",
+    "TokenInfo",
+    "TokenSource",
+    "attenuate",
+    "inspect_token",
+]
+
+#: How long an attenuated request token stays valid. Minutes, not seconds:
+#: a request can wait for a loaded server, and clocks drift a little.
+REQUEST_TOKEN_LIFETIME = timedelta(minutes=10)
+# A cached request token is renewed when less than this is left of it.
+_RENEW_MARGIN = timedelta(minutes=5)
+
+
+class TokenSource:
+    """The current token: a literal one, or the contents of a token file,
+    re-read whenever the file changes (pymap writes a new admin token on
+    every start)."""
+
+    def __init__(self, *, token: str | None = None, path: Path | None = None) -> None:
+        self._literal = token.strip() if token else None
+        self._path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._cached: str | None = None
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def configured(self) -> bool:
+        return self._literal is not None or self._path is not None
+
+    def current(self) -> str:
+        """The token to use now; re-reads the file if it changed."""
+        if self._literal is not None:
+            return self._literal
+        if self._path is None:
+            raise ConfigurationError(
+                "no admin token: set PYMAP_ADMIN_TOKEN, use --token-file, or "
+                "save one with 'pymap-admin login -s'"
+            )
+        try:
+            stat = os.stat(self._path)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read token file {self._path}: "
+                                     f"{exc.strerror}") from exc
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp or self._cached is None:
+            self._cached = self._read()
+            self._stamp = stamp
+        return self._cached
+
+    def reload(self) -> bool:
+        """Force a re-read (after the server refused the token); True if it changed."""
+        if self._literal is not None or self._path is None:
+            return False
+        before = self._cached
+        self._stamp = None
+        return self.current() != before
+
+    def _read(self) -> str:
+        assert self._path is not None
+        try:
+            token = self._path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read token file {self._path}: {exc}") from exc
+        if not token:
+            raise ConfigurationError(f"token file is empty: {self._path}")
+        return token
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What a token says about itself, without the server's key."""
+
+    kind: str  #: "admin", "login" or "unknown"
+    identifier: str
+    location: str
+    authcid: str | None
+    authzid: str | None
+    expires: datetime | None  #: the earliest ``time <`` caveat
+    caveats: tuple[str, ...]
+
+    def expired(self, now: datetime | None = None) -> bool:
+        if self.expires is None:
+            return False
+        return (now or datetime.now(UTC)) >= self.expires
+
+
+def _as_text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _parse_time(value: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    # The server compares against an aware "now"; a naive time is treated as
+    # UTC here for display.
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def inspect_token(token: str) -> TokenInfo:
+    """Read a token's caveats. Raises :class:`ValueError` if it is no macaroon."""
+    from pymacaroons import Macaroon
+    from pymacaroons.exceptions import MacaroonException
+
+    try:
+        macaroon = Macaroon.deserialize(token.strip())
+        caveats = tuple(_as_text(c.caveat_id) for c in macaroon.first_party_caveats())
+        identifier = _as_text(macaroon.identifier)
+        location = _as_text(macaroon.location)
+    except (MacaroonException, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"not a pymap token: {exc}") from exc
+    kind = "unknown"
+    authcid = authzid = None
+    expiries: list[datetime] = []
+    for caveat in caveats:
+        name, _, rest = caveat.partition(" ")
+        op, _, value = rest.partition(" ")
+        if caveat == "role = admin":
+            kind = "admin"
+        elif name == "authcid" and op == "=":
+            kind = "login" if kind == "unknown" else kind
+            authcid = value
+        elif name == "authzid" and op == "=":
+            authzid = value
+        elif name == "time" and op == "<":
+            parsed = _parse_time(value)
+            if parsed is not None:
+                expiries.append(parsed)
+    return TokenInfo(kind=kind, identifier=identifier, location=location, authcid=authcid,
+                     authzid=authzid, expires=min(expiries, default=None), caveats=caveats)
+
+
+def attenuate(token: str, *, authzid: str | None = None,
+              expires: datetime | None = None) -> str:
+    """A narrower token: only for acting as ``authzid``, only until ``expires``."""
+    from pymacaroons import Macaroon
+
+    if expires is not None and expires.tzinfo is None:
+        raise ValueError("the expiry must carry a timezone")
+    try:
+        macaroon = Macaroon.deserialize(token.strip())
+    except Exception as exc:  # pymacaroons raises assorted types on bad input
+        raise ValueError(f"not a pymap token: {exc}") from exc
+    if authzid is not None:
+        if any(ch in authzid for ch in "\r\n\0"):
+            raise ValueError("invalid user name for a caveat")
+        macaroon.add_first_party_caveat(f"authzid = {authzid}")
+    if expires is not None:
+        macaroon.add_first_party_caveat(f"time < {expires.astimezone(UTC).isoformat()}")
+    serialized: str = macaroon.serialize()
+    return serialized
+
+
+class RequestTokens:
+    """Attenuated per-user request tokens, cached while fresh.
+
+    A token that is not a macaroon is passed through unchanged: the server
+    will judge it.
+    """
+
+    def __init__(self, lifetime: timedelta = REQUEST_TOKEN_LIFETIME) -> None:
+        self._lifetime = lifetime
+        self._renew_after = max(lifetime - _RENEW_MARGIN, lifetime / 2)
+        self._cache: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def for_user(self, token: str, user: str) -> str:
+        now = time.monotonic()
+        cached = self._cache.get((token, user))
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            narrowed = attenuate(token, authzid=user,
+                                 expires=datetime.now(UTC) + self._lifetime)
+        except ValueError:
+            return token
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[(token, user)] = (narrowed, now + self._renew_after.total_seconds())
+        return narrowed
