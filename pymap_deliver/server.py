@@ -1,0 +1,340 @@
+"""Listeners and lifecycle of the LMTP server.
+
+Opens TCP endpoints, UNIX sockets (for postfix's ``lmtp:unix:``) and sockets
+inherited from systemd, runs one :class:`~pymap_deliver.lmtp.LMTPSession` per
+connection under a connection limit, and stops gracefully: no new
+connections, idle sessions told ``421`` and closed, transactions in flight
+finished (data received, delivered, replies sent) before
+:meth:`DeliveryServer.wait_closed` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import signal
+import socket
+import stat
+from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from .lmtp import R_TOO_MANY_CONNECTIONS, DeliveryBackend, LMTPOptions, LMTPSession
+
+__all__ = [
+    "DeliveryServer",
+    "ServerConfig",
+    "TcpEndpoint",
+    "UnixEndpoint",
+    "install_signal_handlers",
+    "serve",
+    "systemd_listen_sockets",
+]
+
+log = logging.getLogger("pymap_deliver.lmtp")
+
+# sd_listen_fds(3): inherited sockets start at this descriptor.
+SD_LISTEN_FDS_START = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpEndpoint:
+    """A TCP listener. Loopback by default: LMTP has no authentication, so
+    listening elsewhere is a decision to make explicitly."""
+
+    host: str = "127.0.0.1"
+    port: int = 24
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnixEndpoint:
+    """A UNIX socket listener. 0o660 with a group shared with postfix is the
+    usual setup; ``owner``/``group`` are names or numeric ids."""
+
+    path: str
+    mode: int = 0o660
+    owner: str | int | None = None
+    group: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Everything the server needs besides the backend.
+
+    ``data_size_limit``: 64 MiB. Above postfix's default message_size_limit
+    (10 MB) and the 50 MB messages we must carry, with room for base64 growth,
+    while bounding what one session may hold in memory (about twice this).
+
+    ``line_length_limit``: 64 KiB per data line. RFC 5321 says 1000 octets,
+    but real mail breaks it and refusing would bounce it for good; postfix
+    reads longer lines and splits them, Dovecot's LMTP has no limit. The value
+    also sizes the per-connection read buffer (aiosmtpd's StreamReader limit).
+
+    ``idle_timeout``: 300 s, postfix's smtpd_timeout; only time spent waiting
+    for the client counts, not time spent delivering.
+
+    ``shutdown_timeout``: None waits for transactions in flight however long
+    they take (the backend has its own deadlines); a number aborts whatever
+    is still open that many seconds after :meth:`DeliveryServer.stop`.
+    """
+
+    tcp: Sequence[TcpEndpoint] = ()
+    unix: Sequence[UnixEndpoint] = ()
+    use_systemd_sockets: bool = False
+    hostname: str = field(default_factory=socket.getfqdn)
+    data_size_limit: int = 64 * 1024 * 1024
+    line_length_limit: int = 64 * 1024
+    max_connections: int = 100
+    idle_timeout: float = 300.0
+    max_recipients: int = 1000
+    reject_undeclared_8bit: bool = False
+    shutdown_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be positive")
+        if self.shutdown_timeout is not None and self.shutdown_timeout < 0:
+            raise ValueError("shutdown_timeout must not be negative")
+        self.lmtp_options()  # validates the protocol settings early
+
+    def lmtp_options(self) -> LMTPOptions:
+        return LMTPOptions(
+            hostname=self.hostname,
+            data_size_limit=self.data_size_limit,
+            line_length_limit=self.line_length_limit,
+            idle_timeout=self.idle_timeout,
+            max_recipients=self.max_recipients,
+            reject_undeclared_8bit=self.reject_undeclared_8bit,
+        )
+
+
+def systemd_listen_sockets(
+    environ: MutableMapping[str, str] | None = None,
+    *,
+    pid: int | None = None,
+    unset_environment: bool = True,
+) -> list[socket.socket]:
+    """The listening sockets passed by systemd socket activation.
+
+    Implements the sd_listen_fds(3) protocol without libsystemd: ``LISTEN_PID``
+    must be our pid (otherwise the variables were meant for a parent and
+    inherited by accident), ``LISTEN_FDS`` descriptors start at 3. The
+    variables are removed so that child processes do not pick them up.
+    """
+    env = os.environ if environ is None else environ
+    listen_pid = env.get("LISTEN_PID", "")
+    listen_fds = env.get("LISTEN_FDS", "")
+    if unset_environment:
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            env.pop(name, None)
+    if not listen_pid.isdigit() or not listen_fds.isdigit():
+        return []
+    if int(listen_pid) != (os.getpid() if pid is None else pid):
+        return []
+    sockets = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(listen_fds)):
+        os.set_inheritable(fd, False)
+        # socket() with fileno detects family and type from the descriptor.
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+def _resolve_ids(owner: str | int | None, group: str | int | None) -> tuple[int, int]:
+    uid = -1 if owner is None else owner if isinstance(owner, int) else pwd.getpwnam(owner).pw_uid
+    gid = -1 if group is None else group if isinstance(group, int) else grp.getgrnam(group).gr_gid
+    return uid, gid
+
+
+def _bind_unix(endpoint: UnixEndpoint) -> tuple[socket.socket, tuple[int, int]]:
+    """Bind, set mode and owner, then listen: no client can connect before the
+    permissions are right (connect() is refused until listen())."""
+    path = endpoint.path
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
+        # A stale socket from an earlier run: bind() would fail on it.
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, endpoint.mode)
+        uid, gid = _resolve_ids(endpoint.owner, endpoint.group)
+        if (uid, gid) != (-1, -1):
+            os.chown(path, uid, gid)
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+        st = os.stat(path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return sock, (st.st_dev, st.st_ino)
+
+
+class _Refuser(asyncio.Protocol):
+    """Answers a connection over the limit with 421 and closes it."""
+
+    def __init__(self, reply: bytes) -> None:
+        self._reply = reply
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self._reply)
+        transport.close()
+
+
+class DeliveryServer:
+    """The LMTP server: ``await start()``, then ``stop()`` and
+    ``await wait_closed()``; or use it as an async context manager."""
+
+    def __init__(self, backend: DeliveryBackend, config: ServerConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self._options = config.lmtp_options()
+        self._servers: list[asyncio.Server] = []
+        self._unix_paths: list[tuple[str, tuple[int, int]]] = []
+        self._sessions: set[LMTPSession] = set()
+        self._stopping = False
+        self._closed: asyncio.Event | None = None
+        self._refusal = R_TOO_MANY_CONNECTIONS.format(host=config.hostname).encode() + b"\r\n"
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets (for example to learn a port bound as 0)."""
+        return [sock for server in self._servers for sock in server.sockets]
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        if len(self._sessions) >= self.config.max_connections or self._stopping:
+            log.warning("connection refused: %d sessions open", len(self._sessions))
+            return _Refuser(self._refusal)
+        session = LMTPSession(
+            self.backend,
+            self._options,
+            loop=asyncio.get_running_loop(),
+            on_closed=self._session_closed,
+        )
+        self._sessions.add(session)
+        return session
+
+    def _session_closed(self, session: LMTPSession) -> None:
+        self._sessions.discard(session)
+        if self._stopping and not self._sessions and self._closed is not None:
+            self._closed.set()
+
+    async def start(self) -> None:
+        if self._closed is not None:
+            raise RuntimeError("server already started")
+        self._closed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            for tcp in self.config.tcp:
+                self._servers.append(
+                    await loop.create_server(self._protocol, tcp.host, tcp.port)
+                )
+            for unix in self.config.unix:
+                sock, ident = _bind_unix(unix)
+                self._unix_paths.append((unix.path, ident))
+                self._servers.append(await loop.create_unix_server(self._protocol, sock=sock))
+            if self.config.use_systemd_sockets:
+                for sock in systemd_listen_sockets():
+                    if sock.family == socket.AF_UNIX:
+                        server = await loop.create_unix_server(self._protocol, sock=sock)
+                    else:
+                        server = await loop.create_server(self._protocol, sock=sock)
+                    self._servers.append(server)
+            if not self._servers:
+                raise ValueError("nothing to listen on: no TCP, UNIX or systemd sockets")
+        except BaseException:
+            self._close_listeners()
+            raise
+        for sock in self.sockets:
+            log.info("listening on %s", sock.getsockname() or "unnamed socket")
+
+    def _close_listeners(self) -> None:
+        for server in self._servers:
+            server.close()
+        for path, ident in self._unix_paths:
+            # Only our own socket: another instance may have replaced it.
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == ident:
+                    os.unlink(path)
+        self._unix_paths.clear()
+
+    def stop(self) -> None:
+        """Begin a graceful stop (idempotent, safe from a signal handler)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("stopping: %d sessions open", len(self._sessions))
+        self._close_listeners()
+        for session in list(self._sessions):
+            session.shutdown()
+        if self._closed is not None and not self._sessions:
+            self._closed.set()
+        timeout = self.config.shutdown_timeout
+        if timeout is not None:
+            asyncio.get_running_loop().call_later(timeout, self._abort_all)
+
+    def _abort_all(self) -> None:
+        if self._sessions:
+            log.warning("shutdown timeout: aborting %d sessions", len(self._sessions))
+        for session in list(self._sessions):
+            session.abort()
+
+    async def wait_closed(self) -> None:
+        """Return once stopped and every session (and its delivery) is over."""
+        if self._closed is None:
+            raise RuntimeError("server not started")
+        await self._closed.wait()
+        for server in self._servers:
+            await server.wait_closed()
+        log.info("stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        await self.wait_closed()
+
+
+def install_signal_handlers(
+    loop: asyncio.AbstractEventLoop,
+    server: DeliveryServer,
+    signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> None:
+    """Make SIGTERM and SIGINT stop the server gracefully."""
+
+    def on_signal(signum: signal.Signals) -> None:
+        log.info("received %s, stopping", signum.name)
+        server.stop()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def serve(backend: DeliveryBackend, config: ServerConfig) -> None:
+    """Run a server until SIGTERM/SIGINT and until it has closed gracefully."""
+    server = DeliveryServer(backend, config)
+    await server.start()
+    install_signal_handlers(asyncio.get_running_loop(), server)
+    await server.wait_closed()
