@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,10 +118,8 @@ class LMTPClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with suppress(ConnectionError):
             await self.writer.wait_closed()
-        except ConnectionError:
-            pass
 
     async def quit(self) -> Reply:
         reply = await self.command("QUIT")
@@ -131,7 +129,7 @@ class LMTPClient:
 
 def dot_stuff(data: bytes) -> bytes:
     """RFC 5321 section 4.5.2 transparency, and a final CRLF if missing."""
-    if not data.endswith(b"\r\n"):
+    if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     stuffed = data.replace(b"\r\n.", b"\r\n..")
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
