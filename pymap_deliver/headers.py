@@ -11,7 +11,7 @@ import ipaddress
 import re
 from email.utils import formatdate
 
-__all__ = ["is_header_safe", "trace_headers"]
+__all__ = ["MAX_ADDRESS_LENGTH", "is_header_safe", "trace_headers"]
 
 # CR and LF would start a new header line (header injection); NUL is refused
 # by most mail stores and is never legitimate in an address.
@@ -22,22 +22,28 @@ _UNSAFE = frozenset("\r\n\x00")
 # from the client (LHLO argument, peer) is replaced, never copied through.
 _COMMENT_UNSAFE = re.compile(r"[^!-'*-\[\]-~]")
 
-# RFC 5322 recommends lines of at most 78 characters; longer clauses are
-# still emitted whole (an address cannot be folded), the hard limit is 998.
-_FOLD_AT = 78
+# RFC 5321 section 4.5.3.1.3 allows paths of 256 octets; be lenient but
+# bounded, so that "for <address>;" always fits one header line (RFC 5322's
+# hard limit is 998 octets and an address cannot be folded).
+MAX_ADDRESS_LENGTH = 900
+# Client-supplied names in the trace header are cut to a domain's maximum.
+_MAX_NAME = 255
 
 
 def is_header_safe(address: str) -> bool:
-    """True when an envelope address may be copied into a header field.
+    """True when an envelope address may be copied into a header field: no
+    CR, LF or NUL, and not longer than :data:`MAX_ADDRESS_LENGTH` octets.
 
     This is the one place holding the rule: the LMTP layer refuses MAIL and
     RCPT addresses for which it is False, and :func:`trace_headers` relies on it.
     """
-    return _UNSAFE.isdisjoint(address)
+    return _UNSAFE.isdisjoint(address) and len(address.encode("utf-8", "replace")) <= (
+        MAX_ADDRESS_LENGTH
+    )
 
 
 def _comment_text(text: str) -> str:
-    cleaned = _COMMENT_UNSAFE.sub("_", text)
+    cleaned = _COMMENT_UNSAFE.sub("_", text[:_MAX_NAME])
     return cleaned or "unknown"
 
 
@@ -57,24 +63,6 @@ def _tcp_info(peer: str) -> str:
             literal = f"[IPv6:{ip.compressed}]" if ip.version == 6 else f"[{ip}]"
             return f"{literal}:{port}"
     return _comment_text(peer)
-
-
-def _fold(name: str, clauses: list[str]) -> str:
-    """Join clauses into one header field, folding with CRLF + TAB between
-    clauses whenever the line would pass :data:`_FOLD_AT` characters."""
-    out = [f"{name}:"]
-    line_len = len(out[0])
-    for clause in clauses:
-        if line_len + 1 + len(clause) > _FOLD_AT and line_len > len(name) + 1:
-            out.append("\r\n\t")
-            line_len = 1
-        else:
-            out.append(" ")
-            line_len += 1
-        out.append(clause)
-        line_len += len(clause)
-    out.append("\r\n")
-    return "".join(out)
 
 
 def trace_headers(
@@ -100,15 +88,13 @@ def trace_headers(
             raise ValueError(f"address not safe for a header: {address!r}")
     # RFC 6531 section 4.3: "UTF8LMTP" marks a transaction that used SMTPUTF8.
     protocol = "UTF8LMTP" if smtputf8 else "LMTP"
-    received = _fold(
-        "Received",
-        [
-            f"from {_comment_text(lhlo_name)} ({_tcp_info(peer)})",
-            f"by {_comment_text(hostname)} (pymap-deliver)",
-            f"with {protocol} id {_comment_text(session_id)}",
-            f"for <{recipient}>;",
-            formatdate(received_at, localtime=True),
-        ],
+    # Folded the way postfix writes it: one line per clause group, which
+    # keeps every line short unless an address itself is long.
+    received = (
+        f"Received: from {_comment_text(lhlo_name)} ({_tcp_info(peer)})\r\n"
+        f"\tby {_comment_text(hostname)} (pymap-deliver) with {protocol}"
+        f" id {_comment_text(session_id)}\r\n"
+        f"\tfor <{recipient}>; {formatdate(received_at, localtime=True)}\r\n"
     )
     text = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n{received}"
     # Without SMTPUTF8 an address is ASCII in practice, but a sloppy client may

@@ -480,10 +480,12 @@ class LMTPSession(LMTP):
         if arg[:5].upper() != "FROM:":
             await self._error(syntax)
             return
-        if not is_header_safe(arg):
+        parsed = _parse_path(arg[5:])
+        # An unparseable path is checked whole: a CR may come with a space, as
+        # in "<a\rBcc: b>", and must still be reported as the unsafe address.
+        if not is_header_safe(arg[5:] if parsed is None else parsed[0]):
             await self._error("501 5.1.7 Bad sender address syntax")
             return
-        parsed = _parse_path(arg[5:])
         params = _parse_params(parsed[1]) if parsed is not None else None
         if parsed is None or params is None:
             await self._error(syntax)
@@ -523,10 +525,10 @@ class LMTPSession(LMTP):
         if arg[:3].upper() != "TO:":
             await self._error(syntax)
             return
-        if not is_header_safe(arg):
+        parsed = _parse_path(arg[3:])
+        if not is_header_safe(arg[3:] if parsed is None else parsed[0]):
             await self._error("501 5.1.3 Bad recipient address syntax")
             return
-        parsed = _parse_path(arg[3:])
         params = _parse_params(parsed[1]) if parsed is not None else None
         if parsed is None or params is None or not parsed[0]:
             await self._error(syntax)

@@ -356,6 +356,7 @@ async def test_two_transactions_in_one_session() -> None:
         (b"MAIL FROM:<a\x00b@example.com>", "5.1.7"),
         (b"RCPT TO:<a\rBcc: x@evil.example>", "5.1.3"),
         (b"RCPT TO:<a\x00@example.com>", "5.1.3"),
+        (b"RCPT TO:<" + b"a" * 1000 + b"@example.com>", "5.1.3"),
     ],
 )
 async def test_header_injection_refused(command: bytes, enhanced: str) -> None:
