@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.exceptions import GRPCError
 
 from . import errors
@@ -104,6 +106,8 @@ class AdminClient:
     ``settings`` say where to connect and which token to use. ``channel``
     replaces the channel made from the settings (tests use it to talk to an
     in-process server); ``tokens`` replaces the token source.
+    ``attenuate_tokens=False`` sends the token as it is instead of one
+    narrowed per request; ``protocol_version`` is what we claim to speak.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class AdminClient:
         channel: Channel | None = None,
         tokens: TokenSource | None = None,
         attenuate_tokens: bool = True,
+        protocol_version: str = PROTOCOL_VERSION,
     ) -> None:
         self.settings = settings if settings is not None else ConnectionSettings()
         self._timeout = self.settings.timeout
@@ -126,7 +131,7 @@ class AdminClient:
         self._system = SystemStub(self._channel)
         self._mailbox = MailboxStub(self._channel)
         self._user = UserStub(self._channel)
-        self._version_metadata = {"client-version": PROTOCOL_VERSION}
+        self._version_metadata = {"client-version": protocol_version}
 
     async def __aenter__(self) -> Self:
         return self
@@ -230,9 +235,10 @@ class AdminClient:
         """A bearer token for ``user``: with ``password`` checked by the
         server, or, without it, re-issued for the identity of our token.
 
-        ``expiration`` is also added to the issued token as a ``time <``
-        caveat with a timezone, so it holds even where the server's own
-        expiry handling does not.
+        ``expiration`` becomes a ``time <`` caveat that we add to the issued
+        token ourselves. It is not sent as ``token_expiration``: pymap 0.36.7
+        turns that into a caveat without a timezone, and every later use of
+        such a token fails on the server with an internal error.
         """
         from .grpc.admin_pb2 import LoginRequest
         from .tokens import attenuate
@@ -240,10 +246,8 @@ class AdminClient:
         request = LoginRequest(authcid=user)
         if authzid is not None:
             request.authzid = authzid
-        if expiration is not None:
-            if expiration.tzinfo is None:
-                raise ValueError("expiration must carry a timezone")
-            request.token_expiration = expiration.timestamp()
+        if expiration is not None and expiration.tzinfo is None:
+            raise ValueError("expiration must carry a timezone")
         if password is not None:
             request.secret = password
             response = await self._invoke(self._system.Login, request,
@@ -310,7 +314,8 @@ class AdminClient:
         user still has that tag (else :class:`~pymap_admin.errors.CannotReplaceUser`);
         otherwise ``overwrite=False`` refuses to replace an existing user.
         ``password`` is sent in clear (over the socket or TLS) and hashed by
-        the server; None leaves the user without a password.
+        the server; None leaves the user without a password. pymap answers
+        with the user and its new entity tag only (no data).
         """
         from .grpc.admin_pb2 import SetUserRequest, UserData
 
@@ -345,9 +350,24 @@ class AdminClient:
                                   DeleteUserRequest(user=user), user, timeout=timeout)
 
 
+class _StatusDetailsCodec(ProtoStatusDetailsCodec):
+    """Decodes ``google.rpc`` details (pymap's ErrorInfo) of an error status.
+
+    grpclib can only decode detail types already imported; importing them
+    here, on the first error, keeps that cost off every successful start-up.
+    """
+
+    def decode(self, status: Status, message: str | None, data: bytes) -> Sequence[Any]:
+        import google.rpc.error_details_pb2  # noqa: F401  (registers ErrorInfo)
+
+        return super().decode(status, message, data)
+
+
 def _make_channel(settings: ConnectionSettings) -> Channel:
+    codec = _StatusDetailsCodec()
     if settings.uses_tcp:
         return Channel(host=settings.host or "localhost", port=settings.port or DEFAULT_PORT,
-                       ssl=settings.ssl_context() if settings.uses_tls else None)
-    return Channel(path=str(settings.socket_path()))
+                       ssl=settings.ssl_context() if settings.uses_tls else None,
+                       status_details_codec=codec)
+    return Channel(path=str(settings.socket_path()), status_details_codec=codec)
 

@@ -187,7 +187,9 @@ def _key_classes() -> Mapping[str, type[ResultError]]:
     pending: list[type[ResultError]] = [ResultError]
     while pending:
         cls = pending.pop()
-        if cls.key_name:
+        # Only the class that names a key stands for it, not its refinements
+        # (TokenExpired is an InvalidAuth we diagnose, not a key of its own).
+        if "key_name" in vars(cls) and cls.key_name:
             found[cls.key_name] = cls
         pending.extend(cls.__subclasses__())
     return found

@@ -47,7 +47,6 @@ DEFAULT_PORT = 50051
 #: postfix's 600 s LMTP data-done timeout.
 DEFAULT_TIMEOUT = 60.0
 
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _TRUE = frozenset({"1", "yes", "true", "on"})
 _FALSE = frozenset({"0", "no", "false", "off", ""})
 
@@ -86,10 +85,10 @@ class ConnectionSettings:
     """Where and how to reach the pymap admin service.
 
     With neither ``host`` nor ``port`` the client uses the UNIX socket
-    ``path`` (discovered when not given). Over TCP, TLS is used when asked for
-    (``tls=True`` or any certificate option), never when ``tls=False``, and by
-    default only for hosts other than loopback: a token never crosses a
-    network in clear unless the operator says so.
+    ``path`` (discovered when not given). TCP means TLS, as pymap's admin TCP
+    listener always speaks it (without ``--cert`` it can complete no
+    handshake at all); ``tls=False`` is there for a plaintext service behind
+    a proxy.
     """
 
     host: str | None = None
@@ -119,11 +118,7 @@ class ConnectionSettings:
 
     @property
     def uses_tls(self) -> bool:
-        if not self.uses_tcp or self.tls is False:
-            return False
-        if self.tls or any((self.cert, self.cafile, self.capath, self.no_verify_cert)):
-            return True
-        return (self.host or "localhost") not in _LOOPBACK_HOSTS
+        return self.uses_tcp and self.tls is not False
 
     @property
     def target(self) -> str:

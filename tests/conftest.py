@@ -1,0 +1,110 @@
+"""Shared fixtures: real pymap servers (demo data, maildir, TLS) and their settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pymap_admin import ConnectionSettings
+
+from .pymap_server import PymapServer, TLSFiles, cleanup, make_maildir_server, pymap_executable
+
+
+def require(available: bool, reason: str) -> None:
+    """Skip when a real peer is missing, except under CI, where it must be there."""
+    if available:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"required under CI: {reason}")
+    pytest.skip(reason)
+
+
+def require_pymap() -> None:
+    require(pymap_executable() is not None,
+            "the pymap server is not installed (make pymap-venv)")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+                          ) -> None:
+    """No test sees the developer's own pymap settings, sockets or tokens."""
+    for name in list(os.environ):
+        if name.startswith("PYMAP_ADMIN"):
+            monkeypatch.delenv(name)
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmpdir")))
+
+
+def _serve(server: PymapServer) -> Iterator[PymapServer]:
+    require_pymap()
+    server.start()
+    try:
+        yield server
+    finally:
+        cleanup(server)
+
+
+@pytest.fixture(scope="session")
+def pymap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PymapServer]:
+    """One dict --demo-data server for the session; tests must not depend on
+    the exact number of messages in a mailbox."""
+    yield from _serve(PymapServer(workdir=tmp_path_factory.mktemp("pymap")))
+
+
+@pytest.fixture
+def fresh_pymap(tmp_path: Path) -> Iterator[PymapServer]:
+    """A dict --demo-data server of this test's own (it may stop or restart it)."""
+    yield from _serve(PymapServer(workdir=tmp_path / "pymap"))
+
+
+@pytest.fixture
+def maildir_pymap(tmp_path: Path) -> Iterator[PymapServer]:
+    """A maildir server of this test's own: its mail survives a restart."""
+    yield from _serve(make_maildir_server(tmp_path / "pymap"))
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    import trustme
+
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("localhost", "127.0.0.1")
+    files = TLSFiles(cert=folder / "server.pem", key=folder / "server.key", ca=folder / "ca.pem")
+    server_cert.private_key_pem.write_to_path(str(files.key))
+    server_cert.cert_chain_pems[0].write_to_path(str(files.cert))
+    with files.cert.open("ab") as chain:
+        for pem in server_cert.cert_chain_pems[1:]:
+            chain.write(pem.bytes())
+    ca.cert_pem.write_to_path(str(files.ca))
+    client = ca.issue_cert("client@example.com")
+    client.private_key_and_cert_chain_pem.write_to_path(str(folder / "client.pem"))
+    return files
+
+
+@pytest.fixture(scope="session")
+def tls_pymap(tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles
+              ) -> Iterator[PymapServer]:
+    """A demo server whose admin TCP listener has a certificate from a test CA."""
+    yield from _serve(PymapServer(workdir=tmp_path_factory.mktemp("pymap-tls"), tls=tls_files))
+
+
+def socket_settings(server: PymapServer, **overrides: object) -> ConnectionSettings:
+    values: dict[str, object] = {"path": server.socket_path, "token_file": server.token_path,
+                                 "timeout": 30.0}
+    values.update(overrides)
+    return ConnectionSettings(**values)  # type: ignore[arg-type]
+
+
+def tcp_settings(server: PymapServer, files: TLSFiles, **overrides: object
+                 ) -> ConnectionSettings:
+    values: dict[str, object] = {"host": "127.0.0.1", "port": server.admin_port,
+                                 "cafile": files.ca, "token_file": server.token_path,
+                                 "timeout": 30.0}
+    values.update(overrides)
+    return ConnectionSettings(**values)  # type: ignore[arg-type]
