@@ -72,7 +72,8 @@ class FakeAdmin(SystemBase, MailboxBase, UserBase):
 
     async def _handle(self, name: str, stream: Stream[Any, Any], default: Step) -> None:
         request = await stream.recv_message()
-        metadata = {k: v if isinstance(v, str) else v.decode() for k, v in stream.metadata.items()}
+        metadata = {k: v if isinstance(v, str) else v.decode()
+                    for k, v in (stream.metadata or {}).items()}
         self.calls.append(Call(name, request, metadata))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

@@ -188,7 +188,7 @@ class PymapServer:
         conn = self.imap(user, password)
         try:
             conn.select(_quote(mailbox), readonly=True)
-            status, parts = conn.uid("FETCH", str(uid), "(BODY.PEEK[])")
+            _, parts = conn.uid("FETCH", str(uid), "(BODY.PEEK[])")
             for part in parts:
                 if isinstance(part, tuple):
                     return bytes(part[1])
