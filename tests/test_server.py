@@ -355,3 +355,17 @@ async def test_smtp_source_concurrent_sessions(recipients: int) -> None:
     assert len(backend.messages) == 20
     assert all(len(m.recipients) == recipients for m in backend.messages)
     assert len({m.session_id for m in backend.messages}) == 20
+
+
+# -- the skip-or-fail helper the tool-driven tests rely on ---------------------------
+
+
+def test_missing_tool_skips_locally_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        require_tool("swaks")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_tool("swaks")
+    assert require_tool("swaks", sys.executable) == sys.executable
