@@ -70,6 +70,11 @@ class FakeAdmin(SystemBase, MailboxBase, UserBase):
     in_flight: int = 0
     max_in_flight: int = 0
 
+    def __mapping__(self) -> dict[str, Any]:
+        # Each generated base maps only its own service; serve all three.
+        return {**SystemBase.__mapping__(self), **MailboxBase.__mapping__(self),
+                **UserBase.__mapping__(self)}
+
     async def _handle(self, name: str, stream: Stream[Any, Any], default: Step) -> None:
         request = await stream.recv_message()
         metadata = {k: v if isinstance(v, str) else v.decode()
