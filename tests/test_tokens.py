@@ -49,7 +49,7 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="not a pymap token"):
         inspect_token("not a macaroon")
     with pytest.raises(ValueError, match="timezone"):
-        attenuate(admin_token(), expires=datetime(2030, 1, 1))  # noqa: DTZ001
+        attenuate(admin_token(), expires=datetime(2030, 1, 1))
     with pytest.raises(ValueError, match="invalid user"):
         attenuate(admin_token(), authzid="a\nrole = admin")
 
