@@ -46,7 +46,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser | Any) -> None:
     parser.add_argument("--token-file", metavar="PATH", help="file holding the admin token")
     parser.add_argument("--timeout", metavar="SECONDS", type=_positive_float,
                         help="deadline of each call (default: 60)")
-    tls = parser.add_argument_group("TLS") if hasattr(parser, "add_argument_group") else parser
+    tls = parser
     tls.add_argument("--cert", metavar="FILE", help="client certificate")
     tls.add_argument("--key", metavar="FILE", help="client private key")
     tls.add_argument("--cafile", metavar="FILE", help="CA certificates to verify the server")
