@@ -1,0 +1,160 @@
+"""The delivery backend: one ``Mailbox.Append`` per accepted recipient.
+
+All recipients of a message are appended concurrently on the client's one
+HTTP/2 channel, under a global bound on calls in flight. Each recipient's
+reply comes from the outcome table (:mod:`pymap_admin.outcomes`); nothing is
+answered 2xx before pymap has answered SUCCESS for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pymap_admin import AdminClient, AppendResult, errors
+from pymap_admin.outcomes import Outcome, delivered, outcome_for_error
+
+from .headers import trace_headers
+from .lmtp import IncomingMessage
+from .recipients import RecipientRules, Target
+
+__all__ = ["DeliveryOptions", "PymapBackend"]
+
+log = logging.getLogger("pymap_deliver.delivery")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryOptions:
+    hostname: str
+    rules: RecipientRules = field(default_factory=RecipientRules)
+    #: Look the user up at RCPT time, so an unknown user is refused before DATA.
+    check_recipients: bool = True
+    #: At RCPT time, defer (451) when pymap cannot be asked; False accepts
+    #: the recipient and lets the delivery decide after DATA.
+    defer_unreachable_at_rcpt: bool = True
+    #: How long a recipient lookup is remembered, in seconds.
+    lookup_cache_ttl: float = 30.0
+    #: The most Append/GetUser calls in flight on the channel at once.
+    max_in_flight: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be positive")
+        if self.lookup_cache_ttl < 0:
+            raise ValueError("lookup_cache_ttl must not be negative")
+
+
+class PymapBackend:
+    """Implements :class:`pymap_deliver.lmtp.DeliveryBackend` on an AdminClient."""
+
+    def __init__(self, client: AdminClient, options: DeliveryOptions) -> None:
+        self._client = client
+        self._options = options
+        self._slots = asyncio.Semaphore(options.max_in_flight)
+        # user -> (time looked up, None if it exists or the refusal reply)
+        self._lookups: dict[str, tuple[float, str | None]] = {}
+        self._pending_lookups: dict[str, asyncio.Future[str | None]] = {}
+
+    # --- RCPT ------------------------------------------------------------
+
+    async def check_recipient(self, address: str) -> str | None:
+        if not self._options.check_recipients:
+            return None
+        user = self._options.rules.resolve(address).user
+        now = time.monotonic()
+        cached = self._lookups.get(user)
+        if cached is not None and now - cached[0] < self._options.lookup_cache_ttl:
+            return cached[1]
+        pending = self._pending_lookups.get(user)
+        if pending is not None:
+            # Many sessions asking for the same user at once share one call.
+            return await asyncio.shield(pending)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending_lookups[user] = future
+        try:
+            reply = await self._look_up(address, user)
+            future.set_result(reply)
+            return reply
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: sharing sessions get it too
+            raise
+        finally:
+            del self._pending_lookups[user]
+
+    async def _look_up(self, address: str, user: str) -> str | None:
+        try:
+            async with self._slots:
+                await self._client.get_user(user)
+        except errors.UserNotFound as exc:
+            reply: str | None = outcome_for_error(exc).reply
+            log.info("rcpt=<%s> user=%s refused: unknown user", address, user)
+        except errors.AdminError as exc:
+            outcome = outcome_for_error(exc)
+            log.warning("rcpt=<%s> user=%s lookup failed: %s (%s)", address, user,
+                        outcome.reply, exc)
+            # Not remembered: the next RCPT asks again.
+            return outcome.reply if self._options.defer_unreachable_at_rcpt else None
+        else:
+            reply = None
+        self._remember(user, reply)
+        return reply
+
+    def _remember(self, user: str, reply: str | None) -> None:
+        if len(self._lookups) > 10000:
+            self._lookups.clear()
+        self._lookups[user] = (time.monotonic(), reply)
+
+    # --- DATA ------------------------------------------------------------
+
+    async def deliver(self, message: IncomingMessage) -> Sequence[str]:
+        targets = [self._options.rules.resolve(rcpt) for rcpt in message.recipients]
+        outcomes = await asyncio.gather(*(self._deliver_one(message, t) for t in targets))
+        return [outcome.reply for outcome in outcomes]
+
+    async def _deliver_one(self, message: IncomingMessage, target: Target) -> Outcome:
+        started = time.monotonic()
+        mailbox = target.mailbox
+        result: AppendResult | None = None
+        try:
+            data = trace_headers(
+                sender=message.sender, recipient=target.address,
+                lhlo_name=message.lhlo_name, peer=message.peer,
+                hostname=self._options.hostname, session_id=message.session_id,
+                received_at=message.received_at, smtputf8=message.smtputf8,
+            ) + message.data
+            try:
+                result = await self._append(message, target, data, mailbox)
+            except errors.MailboxNotFound:
+                if mailbox is None:
+                    raise
+                # A +detail naming a folder that does not exist goes to INBOX.
+                mailbox = None
+                result = await self._append(message, target, data, mailbox)
+            del data
+            outcome = delivered(discarded=result.discarded)
+        except errors.UserNotFound as exc:
+            # A user deleted between RCPT and DATA: forget the cached "exists".
+            self._lookups.pop(target.user, None)
+            outcome = outcome_for_error(exc)
+        except Exception as exc:
+            outcome = outcome_for_error(exc)
+            if not isinstance(exc, errors.AdminError):
+                log.exception("session=%s rcpt=<%s> internal error", message.session_id,
+                              target.address)
+        elapsed = (time.monotonic() - started) * 1000
+        log.info("session=%s from=<%s> rcpt=<%s> user=%s mailbox=%s uid=%s "
+                 "status=%s ms=%.0f", message.session_id, message.sender, target.address,
+                 target.user, result.mailbox if result else (mailbox or "INBOX"),
+                 result.uid if result else "-", outcome.reply, elapsed)
+        return outcome
+
+    async def _append(self, message: IncomingMessage, target: Target, data: bytes,
+                      mailbox: str | None) -> AppendResult:
+        async with self._slots:
+            return await self._client.append(
+                target.user, data, sender=message.sender, recipient=target.address,
+                mailbox=mailbox, when=message.received_at)

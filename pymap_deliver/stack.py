@@ -1,0 +1,116 @@
+"""The local stack (``make run``): pymap with its in-memory backend, and
+pymap-deliver in front of it.
+
+Starts a pymap server (``dict --demo-data``, its own environment, a private
+temporary folder), serves LMTP on loopback TCP and a UNIX socket, delivers a
+sample message through LMTP, shows the reply and the message read back over
+IMAP, then keeps serving until Ctrl-C (or SIGTERM) stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shutil
+import smtplib
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from pymap_admin import AdminClient, ConnectionSettings
+
+from .delivery import DeliveryOptions, PymapBackend
+from .localpymap import DEMO_PASSWORD, DEMO_USER, PymapServer, free_port
+from .server import DeliveryServer, ServerConfig, TcpEndpoint, UnixEndpoint, install_signal_handlers
+
+log = logging.getLogger("pymap_deliver.stack")
+
+
+def sample_message() -> bytes:
+    message = EmailMessage()
+    message["From"] = "Local Stack <stack@example.com>"
+    message["To"] = f"<{DEMO_USER}>"
+    message["Subject"] = "Hello from pymap-deliver"
+    message["Date"] = formatdate(localtime=True)
+    message["Message-Id"] = make_msgid(domain="stack.example.com")
+    message.set_content("This message went MTA -> LMTP -> pymap-deliver -> Append -> pymap.\n")
+    return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+
+
+async def run(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="pymap-stack-"))
+    pymap = PymapServer(workdir=workdir)
+    print(f"starting pymap (dict --demo-data) in {workdir} ...", flush=True)
+    await asyncio.to_thread(pymap.start)
+    try:
+        settings = ConnectionSettings(path=pymap.socket_path, token_file=pymap.token_path)
+        lmtp_socket = workdir / "lmtp.sock"
+        port = args.port or free_port()
+        config = ServerConfig(tcp=(TcpEndpoint(host="127.0.0.1", port=port),),
+                              unix=(UnixEndpoint(path=str(lmtp_socket), mode=0o666),),
+                              hostname=socket.gethostname() or "localhost")
+        async with AdminClient(settings) as client:
+            backend = PymapBackend(client, DeliveryOptions(hostname=config.hostname))
+            server = DeliveryServer(backend, config)
+            await server.start()
+            install_signal_handlers(asyncio.get_running_loop(), server)
+
+            data = sample_message()
+            print(f"\ndelivering a sample message to {DEMO_USER} over LMTP ...", flush=True)
+            reply = await asyncio.to_thread(_lmtp_reply, port, data)
+            print(f"LMTP reply: {reply}")
+            stored = await asyncio.to_thread(pymap.fetch_all)
+            print(f"\nread back over IMAP (INBOX of {DEMO_USER}, newest message):\n")
+            print(stored[-1].decode("utf-8", "replace").replace("\r\n", "\n"))
+            print("pymap-deliver is serving. Point your MTA at it:")
+            print(f"  postfix:  mailbox_transport = lmtp:inet:127.0.0.1:{port}")
+            print(f"            (or lmtp:unix:{lmtp_socket})")
+            print(f"  IMAP:     127.0.0.1:{pymap.imap_port}  user {DEMO_USER} / {DEMO_PASSWORD}")
+            print(f"  admin:    pymap-admin --path {pymap.socket_path} "
+                  f"--token-file {pymap.token_path} ping")
+            print("Press Ctrl-C to stop.", flush=True)
+            if args.once:
+                server.stop()
+            await server.wait_closed()
+    finally:
+        print("stopping pymap ...", flush=True)
+        await asyncio.to_thread(pymap.stop)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("stopped.")
+    return 0
+
+
+def _lmtp_reply(port: int, data: bytes) -> str:
+    """The reply to the sample transaction, as text."""
+    with smtplib.LMTP("127.0.0.1", port, local_hostname="stack.example.com") as lmtp:
+        lmtp.ehlo_or_helo_if_needed()
+        lmtp.mail("stack@example.com")
+        lmtp.rcpt(DEMO_USER)
+        code, text = lmtp.data(data)
+        return f"{code} {text.decode()}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pymap_deliver.stack",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0,
+                        help="LMTP TCP port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--once", action="store_true",
+                        help="stop after the sample delivery instead of serving")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
