@@ -105,6 +105,22 @@ async def test_slow_delivery_is_not_an_idle_timeout() -> None:
         assert [r.code for r in replies] == [250]
 
 
+async def test_client_stalling_in_data_times_out() -> None:
+    backend = ScriptedBackend()
+    async with (
+        running_server(backend, idle_timeout=0.2) as server,
+        connected(server) as client,
+    ):
+        await client.command("MAIL FROM:<s@example.com>")
+        await client.command("RCPT TO:<a@example.com>")
+        assert (await client.command("DATA")).code == 354
+        await client.send(b"Subject: half a message\r\n")
+        reply = await client.read_reply()
+        assert (reply.code, reply.enhanced) == (421, "4.4.2")
+        await _expect_closed(client)
+    assert backend.messages == []
+
+
 # -- UNIX sockets ----------------------------------------------------------------
 
 
@@ -298,6 +314,24 @@ async def test_graceful_stop_finishes_delivery_in_flight(n: int) -> None:
         await _expect_closed(busy)
         await closing
     assert len(gate.finished) == 1
+
+
+async def test_graceful_stop_while_receiving_data() -> None:
+    backend = ScriptedBackend()
+    async with running_server(backend) as server, connected(server) as client:
+        await client.command("MAIL FROM:<s@example.com>")
+        await client.command("RCPT TO:<a@example.com>")
+        await client.command("RCPT TO:<b@example.com>")
+        assert (await client.command("DATA")).code == 354
+        server.stop()
+        # the transaction under way is completed, then the session is closed
+        replies = await client.send_data(message(), 2)
+        assert [r.code for r in replies] == [250, 250]
+        bye = await client.read_reply()
+        assert (bye.code, bye.enhanced) == (421, "4.3.2")
+        await _expect_closed(client)
+        await server.wait_closed()
+    assert len(backend.messages) == 1
 
 
 async def test_stop_waits_for_delivery_of_a_vanished_client() -> None:
