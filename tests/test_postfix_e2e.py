@@ -1,0 +1,211 @@
+"""End to end: swaks -> a real postfix -> pymap-deliver or pymap-admin append
+-> a real pymap, configured from contrib/postfix/, checked over IMAP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ._require import require_tool
+from .conftest import require, require_pymap
+from .postfix import PostfixInstance, postfix_available, render
+from .pymap_server import DEMO_USER, PymapServer, TLSFiles, free_port
+
+pytestmark = pytest.mark.postfix
+
+USERS = ("alice", "bob")  # created next to the demo user; password "pw"
+SENDER = "sender@mx.pymap.test"
+
+
+def require_postfix() -> None:
+    require(postfix_available(), "Debian's postfix is not installed (or not running as root)")
+    require_tool("swaks")
+
+
+def create_users(server: PymapServer) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "python"), "-c",
+         "import asyncio, sys\n"
+         "from pathlib import Path\n"
+         "from pymap_admin import AdminClient, ConnectionSettings\n"
+         "async def main():\n"
+         "    s = ConnectionSettings(path=Path(sys.argv[1]), token_file=Path(sys.argv[2]))\n"
+         "    async with AdminClient(s) as c:\n"
+         "        for user in sys.argv[3:]:\n"
+         "            await c.set_user(user, password='pw')\n"
+         "asyncio.run(main())\n",
+         str(server.socket_path), str(server.token_path), *USERS],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@dataclass
+class Agent:
+    """A pymap-deliver process (the real command) in front of a pymap."""
+
+    process: subprocess.Popen[bytes]
+    tcp_port: int
+    unix_path: Path
+    log: Path
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+
+def start_agent(server: PymapServer, postfix: PostfixInstance, workdir: Path, port: int
+                ) -> Agent:
+    """pymap-deliver on TCP ``port`` and on the UNIX socket of main.cf.lmtp-unix."""
+    unix_path = postfix.private / "pymap-deliver"
+    unix_path.parent.mkdir(parents=True, exist_ok=True)
+    log = workdir / "pymap-deliver.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "pymap-deliver"),
+             "--unix", str(unix_path), "--unix-owner", "postfix", "--unix-mode", "0600",
+             "--listen", f"127.0.0.1:{port}", "--local-part-only", "--hostname", "lmtp.test",
+             "--path", str(server.socket_path), "--token-file", str(server.token_path),
+             "--timeout", "10"],
+            stdout=out, stderr=out, env={**os.environ})
+    deadline = time.monotonic() + 30
+    while not unix_path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError("pymap-deliver did not start:\n" + log.read_text())
+        time.sleep(0.05)
+    return Agent(process, port, unix_path, log)
+
+
+def swaks(postfix: PostfixInstance, to: str, subject: str, sender: str = SENDER) -> str:
+    done = subprocess.run(
+        ["swaks", "--server", "127.0.0.1", "--port", str(postfix.smtp_port), "--from", sender,
+         "--to", to, "--header", f"Subject: {subject}", "--body", f"body of {subject}\n",
+         "--helo", "client.pymap.test"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def count(server: PymapServer, tag: str, user: str = DEMO_USER, mailbox: str = "INBOX") -> int:
+    password = "demopass" if user == DEMO_USER else "pw"
+    return sum(1 for m in server.fetch_all(mailbox, user=user, password=password)
+               if tag.encode() in m)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # World-traversable, unlike pytest's tmp_path: postfix's daemons and the
+    # pipe user must reach what is in here.
+    path = Path(tempfile.mkdtemp(prefix="pymap-e2e-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def e2e_pymap(workdir: Path, tls_files: TLSFiles) -> Iterator[PymapServer]:
+    require_postfix()
+    require_pymap()
+    server = PymapServer(workdir=workdir / "pymap", tls=tls_files)
+    server.start()
+    create_users(server)
+    yield server
+    server.stop()
+
+
+def lmtp_postfix(kind: str, agent_port: int | None = None) -> PostfixInstance:
+    if kind == "unix":
+        # The contrib path is already the one a private instance uses:
+        # relative to its own queue directory.
+        main_cf = render("main.cf.lmtp-unix", {})
+    else:
+        assert agent_port is not None
+        main_cf = render("main.cf.lmtp-tcp",
+                         {"lmtp:inet:127.0.0.1:24": f"lmtp:inet:127.0.0.1:{agent_port}"})
+    # Mail to any other domain fails at once instead of waiting for DNS.
+    return PostfixInstance(main_cf + "\ndefault_transport = error:no mail leaves the test\n")
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def lmtp_stack(request: pytest.FixtureRequest, e2e_pymap: PymapServer, workdir: Path
+               ) -> Iterator[tuple[PostfixInstance, Agent, PymapServer]]:
+    kind: str = request.param
+    port = free_port()
+    postfix = lmtp_postfix(kind, port)
+    agent = start_agent(e2e_pymap, postfix, workdir, port)
+    try:
+        postfix.start()
+        assert postfix.check_output() == ""
+        yield postfix, agent, e2e_pymap
+    finally:
+        postfix.cleanup()
+        status = agent.stop()
+        print(agent.log.read_text())  # shown by pytest when the test failed
+        assert status == 0
+
+
+def test_lmtp_three_local_recipients_and_an_unknown_one(
+        lmtp_stack: tuple[PostfixInstance, Agent, PymapServer]) -> None:
+    postfix, _, pymap = lmtp_stack
+    tag = uuid.uuid4().hex
+    swaks(postfix, f"{DEMO_USER}@localhost,alice@localhost,bob@mx.pymap.test,"
+                   "nosuchuser@localhost", tag)
+    sent = postfix.wait_for(r"status=sent .*250 2\.0\.0 Message delivered", 3)
+    bounced = postfix.wait_for(r"to=<nosuchuser@localhost>.*status=bounced", 1)
+    assert "5.1.1" in bounced[0]
+    assert len(sent) == 3
+    assert count(pymap, tag) == 1
+    assert count(pymap, tag, "alice") == 1
+    assert count(pymap, tag, "bob") == 1
+    (stored,) = [m for m in pymap.fetch_all(user="alice", password="pw") if tag.encode() in m]
+    # pymap-deliver's own trace headers, for this recipient, above postfix's.
+    assert stored.startswith(b"Return-Path: <sender@mx.pymap.test>\r\n"
+                             b"Delivered-To: alice@localhost\r\nReceived: from mx.pymap.test")
+
+
+def test_lmtp_sieve_reject_bounces_with_the_reason(
+        lmtp_stack: tuple[PostfixInstance, Agent, PymapServer]) -> None:
+    postfix, _, pymap = lmtp_stack
+    tag = uuid.uuid4().hex
+    # The sender is a local user, so the bounce comes back into pymap.
+    swaks(postfix, f"{DEMO_USER}@localhost", "reject this", sender="alice@localhost")
+    (line,) = postfix.wait_for(rf"to=<{DEMO_USER}@localhost>.*status=bounced", 1)
+    assert "550 5.7.1 message rejected" in line
+    assert "status=deferred" not in postfix.log()
+    postfix.wait_for(r"to=<alice@localhost>.*status=sent", 1)
+    bounces = [m for m in pymap.fetch_all(user="alice", password="pw")
+               if b"Undelivered Mail Returned to Sender" in m and b"message rejected" in m]
+    assert len(bounces) == 1
+    assert count(pymap, tag) == 0
+
+
+def test_lmtp_nothing_lost_while_pymap_is_down(
+        lmtp_stack: tuple[PostfixInstance, Agent, PymapServer]) -> None:
+    postfix, _, pymap = lmtp_stack
+    tag = uuid.uuid4().hex
+    pymap.stop()
+    for i in range(20):
+        swaks(postfix, f"{DEMO_USER}@localhost", f"{tag} {i}")
+    postfix.wait_for(r"status=deferred", 20)
+    assert "status=bounced" not in postfix.log()
+    assert len(postfix.queue_ids()) == 20
+    pymap.start()  # dict backend: a fresh demo mailbox, and a new admin token
+    postfix.flush()
+    postfix.wait_for(r"status=sent .*250 2\.0\.0 Message delivered", 20, timeout=120)
+    assert count(pymap, tag) == 20
+    assert postfix.queue_ids() == []
