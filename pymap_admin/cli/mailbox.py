@@ -1,0 +1,137 @@
+"""``append``: deliver one message, as an MTA's delivery agent.
+
+postfix's pipe(8), ``mailbox_command`` and sendmail's local mailer decide
+from the first line of output and the exit status; both come from the one
+outcome table (:mod:`pymap_admin.outcomes`). Whatever goes wrong, including
+our own bugs, is temporary (75) unless the recipient or the content was
+definitively refused, so the MTA keeps the mail.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from ..errors import ConfigurationError
+from ..outcomes import Outcome, delivered, outcome_for_error, too_big
+from .args import AppendOptions
+from .base import EXPECTED, Command, Field, result_fields, text_format
+
+__all__ = ["AppendCommand", "null_sender", "read_message"]
+
+#: A leading mbox ``From `` line longer than this is not one.
+_FROM_LINE_LIMIT = 64 * 1024
+
+
+def null_sender(sender: str | None) -> str | None:
+    """The envelope sender to send: "" for the null sender (``MAILER-DAEMON``,
+    empty, ``<>``), angle brackets removed, None when not given."""
+    if sender is None:
+        return None
+    text = sender.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    if not text or text.upper() == "MAILER-DAEMON":
+        return ""
+    return text
+
+
+def _read(stream: IO[bytes], limit: int) -> bytes:
+    chunks = []
+    while limit > 0:
+        chunk = stream.read(min(limit, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        limit -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_message(stream: IO[bytes], max_size: int) -> bytes | None:
+    """The message from ``stream`` without a leading mbox ``From `` line, or
+    None if it is larger than ``max_size`` bytes (0: no limit)."""
+    kept = _read(stream, 5)
+    if kept == b"From ":
+        line = stream.readline(_FROM_LINE_LIMIT)
+        # Without a line end it is no mbox separator: keep it all.
+        kept = b"" if line.endswith(b"\n") else kept + line
+    if not max_size:
+        return kept + stream.read()
+    data = kept + _read(stream, max_size + 1 - len(kept))
+    return None if len(data) > max_size else data
+
+
+class AppendCommand(Command[AppendOptions]):
+    """Append a message directly to a user's mailbox."""
+
+    async def execute(self) -> int:
+        options = self.options
+        try:
+            data = self._read()
+            if data is None:
+                return self._finish(too_big(), None,
+                                    f"message larger than --max-size {options.max_size} bytes")
+            async with self.client() as client:
+                result = await client.append(
+                    options.username, data, sender=null_sender(options.sender),
+                    recipient=options.recipient, mailbox=options.mailbox,
+                    flags=options.flags, when=options.timestamp)
+        except Exception as exc:
+            # Anything at all, even a bug of ours: the row says "try again".
+            return self._failed(exc)
+        outcome = delivered(discarded=result.discarded)
+        details: list[Field] = [*result_fields(result.response), ("mailbox", result.mailbox),
+                                ("validity", result.validity), ("uid", result.uid)]
+        if result.discarded:
+            details = [*result_fields(result.response), ("discarded", True)]
+        extra = {"mailbox": result.mailbox, "validity": result.validity, "uid": result.uid,
+                 "discarded": result.discarded, "response": result.response}
+        return self._finish(outcome, None, text_format(details).rstrip("\n"), extra)
+
+    def _read(self) -> bytes | None:
+        path = self.options.data
+        if path is None:
+            return read_message(self.streams.binary_stdin(), self.options.max_size)
+        try:
+            with path.open("rb") as handle:
+                return read_message(handle, self.options.max_size)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read --data {path}: {exc.strerror}") from exc
+
+    def _finish(self, outcome: Outcome, exc: BaseException | None, detail: str,
+                extra: dict[str, Any] | None = None) -> int:
+        """Status line first on stdout, details on stderr, status from the row."""
+        if self.globals.json:
+            data: dict[str, Any] = {
+                "status": outcome.status_text, "code": outcome.code,
+                "enhanced": outcome.enhanced, "exit_status": int(outcome.exit_status),
+                "delivered": outcome.delivered, **(extra or {})}
+            if exc is not None:
+                data["error"] = self.error_data(exc)
+            self.print(json.dumps(data, sort_keys=True) + "\n")
+        else:
+            self.print(outcome.status_text + "\n")
+        self.streams.stdout.flush()
+        if exc is not None or not outcome.delivered:
+            self.error(detail)
+        elif detail:
+            print(detail, file=self.streams.stderr)
+        return int(outcome.exit_status)
+
+    def _failed(self, exc: BaseException) -> int:
+        if self.globals.debug:
+            import traceback
+
+            traceback.print_exception(exc, file=self.streams.stderr)
+        detail = self.describe(exc)
+        if not isinstance(exc, EXPECTED):
+            detail = f"unexpected {type(exc).__name__}: {detail} (--debug shows more)"
+        return self._finish(outcome_for_error(exc), exc, detail)
+
+    def run(self) -> int:
+        import asyncio
+
+        try:
+            return asyncio.run(self.execute())
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit, MemoryError
+            return self._failed(exc)

@@ -1,0 +1,57 @@
+"""``pymap-admin``: parse the command line, run the one chosen command.
+
+Only the chosen command's module is imported. Exit statuses: 0 success, 1
+failure, ``check`` 1 when not serving, ``append`` the outcome table's
+sysexits (0, 65, 67, 75, 77), and 75 for any mistake on the command line.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from importlib import import_module
+from typing import IO, Any, TextIO
+
+from .args import COMMANDS, PROG, USAGE_EXIT_STATUS, UsageError, parse_args
+from .base import Command, Streams
+
+__all__ = ["main"]
+
+
+def _usage_error(exc: UsageError, argv: Sequence[str], streams: Streams) -> int:
+    if exc.usage:
+        streams.stderr.write(exc.usage)
+    print(f"{PROG}: error: {exc.message}", file=streams.stderr)
+    if "append" in argv:
+        # An MTA reads the first line of output: say "try again later" in
+        # its language too, from the outcome table.
+        from ..errors import ConfigurationError
+        from ..outcomes import outcome_for_error
+
+        outcome = outcome_for_error(ConfigurationError(f"command line: {exc.message}"))
+        print(outcome.status_text, file=streams.stdout)
+    return USAGE_EXIT_STATUS
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
+         stderr: TextIO | None = None, stdin: IO[Any] | None = None) -> int:
+    """Run ``pymap-admin`` with ``argv`` (default: ``sys.argv[1:]``) on the
+    given streams (default: the process's); returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    streams = Streams(stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin)
+    try:
+        with redirect_stdout(streams.stdout), redirect_stderr(streams.stderr):
+            options = parse_args(args)
+    except UsageError as exc:
+        return _usage_error(exc, args, streams)
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    if options.globals.debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, stream=streams.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    module, name = COMMANDS[options.command]
+    command_class: type[Command[Any]] = getattr(import_module(f"{__package__}.{module}"), name)
+    return command_class(options, streams).run()
