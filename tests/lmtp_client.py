@@ -18,6 +18,9 @@ from pymap_deliver.lmtp import IncomingMessage
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
 ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}$")
+# A reply that never comes is a failure, not a hang. Generous: this is a
+# safety net, never a performance assertion.
+REPLY_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,12 @@ class LMTPClient:
         return cls(reader, writer)
 
     async def read_reply(self) -> Reply:
-        """One (possibly multi-line) reply. Raises on EOF."""
+        """One (possibly multi-line) reply. Raises on EOF, and TimeoutError
+        if the server never sends it."""
         lines: list[str] = []
         code = 0
         while True:
-            raw = await self.reader.readuntil(b"\r\n")
+            raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n"), REPLY_TIMEOUT)
             text = raw[:-2].decode("utf-8")
             if len(text) < 3 or not text[:3].isdigit() or text[3:4] not in (" ", "-", ""):
                 raise AssertionError(f"malformed reply line {raw!r}")
@@ -125,6 +129,17 @@ class LMTPClient:
         reply = await self.command("QUIT")
         await self.close()
         return reply
+
+
+async def run_tool(proc: asyncio.subprocess.Process, timeout: float = 120.0) -> tuple[bytes, bytes]:
+    """communicate() with a safety timeout: a client stuck waiting for a
+    reply that never comes must fail the test, not hang it."""
+    try:
+        return await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"{proc!r} did not finish in {timeout} s") from None
 
 
 def dot_stuff(data: bytes) -> bytes:

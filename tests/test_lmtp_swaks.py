@@ -15,7 +15,7 @@ import pytest
 from pymap_deliver.server import UnixEndpoint
 
 from ._require import require_tool
-from .lmtp_client import ScriptedBackend, running_server, tcp_port
+from .lmtp_client import ScriptedBackend, run_tool, running_server, tcp_port
 
 pytestmark = pytest.mark.swaks
 
@@ -38,7 +38,7 @@ async def _swaks(*args: str, exit_status: int = 0) -> list[tuple[str, list[str]]
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await proc.communicate()
+    stdout, stderr = await run_tool(proc)
     transcript: list[tuple[str, list[str]]] = [("", [])]
     for line in stdout.decode().splitlines():
         if line.startswith(" -> "):

@@ -32,6 +32,7 @@ from .lmtp_client import (
     ScriptedBackend,
     connected,
     message,
+    run_tool,
     running_server,
     tcp_port,
 )
@@ -257,11 +258,11 @@ async def test_systemd_socket_inherited_and_sigterm(tmp_path: Path, family: str)
         reply = await client.read_reply()
         assert (reply.code, reply.enhanced) == (421, "4.3.2")
         await _expect_closed(client)
-        stdout, stderr = await proc.communicate()
+        stdout, stderr = await run_tool(proc)
     except BaseException:
         if proc.returncode is None:
             proc.kill()
-        print((await proc.communicate())[1].decode())
+        print((await run_tool(proc))[1].decode())
         raise
     finally:
         if proc.returncode is None:
@@ -384,7 +385,7 @@ async def test_smtp_source_concurrent_sessions(recipients: int) -> None:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        _, stderr = await proc.communicate()
+        _, stderr = await run_tool(proc)
     assert proc.returncode == 0, stderr.decode()
     assert len(backend.messages) == 20
     assert all(len(m.recipients) == recipients for m in backend.messages)
