@@ -220,7 +220,6 @@ class LMTPSession(LMTP):
         self._last_activity = loop.time()
         self._waiting_for_command = False
         self._waiting_for_input = False
-        self._delivering = False
         self._stopping = False
         self._errors = 0
         self._delivery_task: asyncio.Task[Sequence[str]] | None = None
@@ -272,8 +271,11 @@ class LMTPSession(LMTP):
             self._on_closed(self)
 
     def shutdown(self) -> None:
-        """Begin a graceful close: an idle session is told 421 and closed now;
-        one in a transaction finishes it (data, delivery, replies) first."""
+        """Begin a graceful close. A session waiting for its next command is
+        told 421 and closed now (even between MAIL and DATA: nothing has been
+        accepted for delivery yet, the MTA simply retries). A session that is
+        processing a command, receiving data or delivering finishes that
+        (the data, the delivery and its replies) and is closed after it."""
         self._stopping = True
         if self._waiting_for_command:
             self._close_with(R_SHUTDOWN.format(host=self.hostname))
@@ -677,21 +679,18 @@ class LMTPSession(LMTP):
 
     async def _deliver(self, message: IncomingMessage) -> Sequence[str]:
         count = len(message.recipients)
-        self._delivering = True
         # Shielded so that a client closing the connection (which cancels this
         # coroutine) does not cancel a delivery pymap may already be storing.
         task = self.loop.create_task(self.backend.deliver(message))
         self._delivery_task = task
         task.add_done_callback(self._delivery_done)
         try:
+            # list(): a backend returning a str or an iterator still yields
+            # a countable result (and a wrong count becomes 451s below).
             replies = list(await asyncio.shield(task))
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("session %s delivery failed", self.session_id)
             return [R_INTERNAL_ERROR] * count
-        finally:
-            self._delivering = False
         if len(replies) != count:
             log.error(
                 "session %s backend returned %d replies for %d recipients",
