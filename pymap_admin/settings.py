@@ -11,10 +11,7 @@ socket.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
-from configparser import ConfigParser
-from configparser import Error as ConfigParserError
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,7 +56,13 @@ def config_home() -> Path:
 
 
 def _temp_home() -> Path:
-    return Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "pymap"
+    folder = os.environ.get("TMPDIR")
+    if not folder:
+        # Imported here: tempfile costs a delivery by pymap-admin append ~3 ms.
+        import tempfile
+
+        folder = tempfile.gettempdir()
+    return Path(folder) / "pymap"
 
 
 def discover(name: str) -> Path | None:
@@ -212,6 +215,9 @@ def find_config_file(option: str | Path | None, environ: Mapping[str, str]) -> P
 
 
 def read_config_file(path: Path) -> dict[str, str]:
+    from configparser import ConfigParser
+    from configparser import Error as ConfigParserError
+
     parser = ConfigParser(interpolation=None)
     try:
         with path.open(encoding="utf-8") as handle:

@@ -8,10 +8,10 @@ MTA that runs ``pymap-admin append`` with a typo in its configuration defers
 the mail instead of bouncing it.
 
 The option types are NamedTuples rather than dataclasses: they cost a tenth
-as much to define, and every ``append`` pays for their definition.
+as much to define, and every ``append`` pays for their definition (also
+why this module does without ``from __future__ import annotations``: string
+annotations would be compiled one by one into ForwardRefs).
 """
-
-from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
@@ -304,7 +304,32 @@ def _common(suppress: bool) -> _Parser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
+_TOP_LEVEL = frozenset({"save-args", "login", "ping", "check", "append", "get-user",
+                        "set-user", "change-password", "delete-user", "token"})
+
+#: Global options that take a value: skipped when looking for the command name.
+_VALUED = frozenset({"--config", "--host", "--port", "--path", "--token-file", "--cert",
+                     "--key", "--cafile", "--capath", "--timeout"})
+
+
+def command_name(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv``, if it can be told without parsing."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--":
+            return None
+        elif arg.startswith("-"):
+            skip = arg in _VALUED
+        else:
+            return arg if arg in _TOP_LEVEL else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that command's sub-parser (a
+    delivery should not pay for the definition of every other command)."""
     parser = _Parser(
         prog=PROG,
         description="Administer a running pymap server through its admin API. Connection "
@@ -336,125 +361,143 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=help, description=description, parents=common)
         return created
 
-    command("save-args", "save connection arguments to config file",
-            "Save the connection options given before the command (--host, --port, "
-            "--path, ...) to ~/.config/pymap/pymap-admin.conf (mode 0600).")
+    def wanted(name: str) -> bool:
+        return only is None or only == name
 
-    login = command("login", "login as a user",
-                    "Log in as a user and print a bearer token; -s saves it (mode 0600) "
-                    "for later commands.")
-    login.add_argument("-s", "--save", action="store_true", help="save the login token")
-    login.add_argument("-z", "--authzid", metavar="NAME", help="authorization identity name")
-    login.add_argument("--expiration", metavar="TIMESTAMP", type=_timestamp,
-                       help="token expiration (UNIX time or ISO-8601)")
-    secret = login.add_mutually_exclusive_group(required=True)
-    secret.add_argument("-t", "--token", action="store_true",
-                        help="use token authentication to login")
-    secret.add_argument("--password", metavar="VAL", help="login password")
-    secret.add_argument("--password-file", metavar="PATH", type=Path,
-                        help="file containing login password (first line)")
-    secret.add_argument("-i", "--ask-password", action="store_true",
-                        help="read login password from terminal")
-    login.add_argument("user", help="login username")
+    if wanted("save-args"):
+        command("save-args", "save connection arguments to config file",
+                "Save the connection options given before the command (--host, --port, "
+                "--path, ...) to ~/.config/pymap/pymap-admin.conf (mode 0600).")
 
-    command("ping", "ping the server", "Ping the server: print its pymap version.")
+    if wanted("login"):
+        login = command("login", "login as a user",
+                        "Log in as a user and print a bearer token; -s saves it (mode 0600) "
+                        "for later commands.")
+        login.add_argument("-s", "--save", action="store_true", help="save the login token")
+        login.add_argument("-z", "--authzid", metavar="NAME", help="authorization identity name")
+        login.add_argument("--expiration", metavar="TIMESTAMP", type=_timestamp,
+                           help="token expiration (UNIX time or ISO-8601)")
+        secret = login.add_mutually_exclusive_group(required=True)
+        secret.add_argument("-t", "--token", action="store_true",
+                            help="use token authentication to login")
+        secret.add_argument("--password", metavar="VAL", help="login password")
+        secret.add_argument("--password-file", metavar="PATH", type=Path,
+                            help="file containing login password (first line)")
+        secret.add_argument("-i", "--ask-password", action="store_true",
+                            help="read login password from terminal")
+        login.add_argument("user", help="login username")
 
-    check = command("check", "check the server health",
-                    "Check the health of the server; exit 0 when SERVING, 1 otherwise.")
-    check.add_argument("service", nargs="?", default="",
-                       help="the service name, if any (e.g. pymap.backend)")
+    if wanted("ping"):
+        command("ping", "ping the server", "Ping the server: print its pymap version.")
 
-    append = command(
-        "append", "append a message to a mailbox",
-        "Deliver a message to a user's mailbox, as an MTA's delivery agent. The first "
-        "line on stdout is the enhanced status (2.0.0 Message delivered, 5.1.1 User "
-        "unknown, 4.4.1 ...); details go to stderr; the exit status is 0, 67 (no such "
-        "user), 77 (rejected), 65 (too big) or 75 (try again later, also for any "
-        "mistake on this command line). A leading mbox 'From ' line is removed.")
-    append.add_argument("--from", metavar="ADDRESS", dest="sender",
-                        help="the message envelope sender (MAILER-DAEMON or empty: "
-                             "the null sender)")
-    append.add_argument("--to", metavar="ADDRESS", dest="recipient",
-                        help="the message envelope recipient")
-    append.add_argument("--mailbox", metavar="NAME", help="the mailbox name (default: INBOX)")
-    append.add_argument("--timestamp", metavar="SECONDS", type=float,
-                        help="the message timestamp (default: now)")
-    append.add_argument("--data", metavar="FILE", type=Path,
-                        help="the message data (default: stdin)")
-    append.add_argument("--max-size", metavar="BYTES", type=_size, default=DEFAULT_MAX_SIZE,
-                        help="refuse larger messages with 5.3.4 (default: 64 MiB; 0: no limit)")
-    append.add_argument("username", help="the user name")
-    flags = append.add_argument_group("message flags")
-    flags.add_argument("--flag", dest="flags", action="append", metavar="VAL",
-                       help="a message flag or keyword")
-    for flag in ("flagged", "seen", "draft", "deleted", "answered"):
-        flags.add_argument(f"--{flag}", dest="flags", action="append_const",
-                           const="\\" + flag.capitalize(), help=f"the message is {flag}")
+    if wanted("check"):
+        check = command("check", "check the server health",
+                        "Check the health of the server; exit 0 when SERVING, 1 otherwise.")
+        check.add_argument("service", nargs="?", default="",
+                           help="the service name, if any (e.g. pymap.backend)")
 
-    get_user = command("get-user", "get a user", "Print a user and its metadata.")
-    get_user.add_argument("user", help="the user name")
+    if wanted("append"):
+        append = command(
+            "append", "append a message to a mailbox",
+            "Deliver a message to a user's mailbox, as an MTA's delivery agent. The first "
+            "line on stdout is the enhanced status (2.0.0 Message delivered, 5.1.1 User "
+            "unknown, 4.4.1 ...); details go to stderr; the exit status is 0, 67 (no such "
+            "user), 77 (rejected), 65 (too big) or 75 (try again later, also for any "
+            "mistake on this command line). A leading mbox 'From ' line is removed.")
+        append.add_argument("--from", metavar="ADDRESS", dest="sender",
+                            help="the message envelope sender (MAILER-DAEMON or empty: "
+                                 "the null sender)")
+        append.add_argument("--to", metavar="ADDRESS", dest="recipient",
+                            help="the message envelope recipient")
+        append.add_argument("--mailbox", metavar="NAME", help="the mailbox name (default: INBOX)")
+        append.add_argument("--timestamp", metavar="SECONDS", type=float,
+                            help="the message timestamp (default: now)")
+        append.add_argument("--data", metavar="FILE", type=Path,
+                            help="the message data (default: stdin)")
+        append.add_argument("--max-size", metavar="BYTES", type=_size, default=DEFAULT_MAX_SIZE,
+                            help="refuse larger messages with 5.3.4 (default: 64 MiB; 0: no limit)")
+        append.add_argument("username", help="the user name")
+        flags = append.add_argument_group("message flags")
+        flags.add_argument("--flag", dest="flags", action="append", metavar="VAL",
+                           help="a message flag or keyword")
+        for flag in ("flagged", "seen", "draft", "deleted", "answered"):
+            flags.add_argument(f"--{flag}", dest="flags", action="append_const",
+                               const="\\" + flag.capitalize(), help=f"the message is {flag}")
 
-    set_user = command("set-user", "add or overwrite a user",
-                       "Set the metadata for a user, creating it if it does not exist. The "
-                       "password is asked on the terminal unless --password-file or "
-                       "--no-password is given.")
-    set_user.add_argument("--no-overwrite", action="store_false", dest="overwrite",
-                          help="do not overwrite existing users")
-    set_user.add_argument("--password-file", metavar="FILE", type=Path,
-                          help="read the password from a file (first line)")
-    set_user.add_argument("--no-password", action="store_true",
-                          help="send the request with no password value")
-    set_user.add_argument("--param", action="append", dest="params", default=[],
-                          metavar="KEY=VAL", type=_param,
-                          help="additional parameters for the request")
-    set_user.add_argument("--role", action="append", dest="roles", default=[], metavar="ROLE",
-                          help="assigned roles for the user")
-    set_user.add_argument("user", help="the user name")
+    if wanted("get-user"):
+        get_user = command("get-user", "get a user", "Print a user and its metadata.")
+        get_user.add_argument("user", help="the user name")
 
-    change = command("change-password", "assign a new password to a user",
-                     "Change a password for an existing user, without modifying any other "
-                     "metadata; a concurrent change of the user is detected, not overwritten.")
-    change.add_argument("--password-file", metavar="FILE", type=Path,
-                        help="read the password from a file (first line)")
-    change.add_argument("--no-password", action="store_true",
-                        help="send the request with no password value")
-    change.add_argument("user", help="the user name")
+    if wanted("set-user"):
+        set_user = command("set-user", "add or overwrite a user",
+                           "Set the metadata for a user, creating it if it does not exist. The "
+                           "password is asked on the terminal unless --password-file or "
+                           "--no-password is given.")
+        set_user.add_argument("--no-overwrite", action="store_false", dest="overwrite",
+                              help="do not overwrite existing users")
+        set_user.add_argument("--password-file", metavar="FILE", type=Path,
+                              help="read the password from a file (first line)")
+        set_user.add_argument("--no-password", action="store_true",
+                              help="send the request with no password value")
+        set_user.add_argument("--param", action="append", dest="params", default=[],
+                              metavar="KEY=VAL", type=_param,
+                              help="additional parameters for the request")
+        set_user.add_argument("--role", action="append", dest="roles", default=[], metavar="ROLE",
+                              help="assigned roles for the user")
+        set_user.add_argument("user", help="the user name")
 
-    delete = command("delete-user", "delete a user", "Delete a user and its mail data.")
-    delete.add_argument("user", help="the user name")
+    if wanted("change-password"):
+        change = command("change-password", "assign a new password to a user",
+                         "Change a password for an existing user, without modifying any other "
+                         "metadata; a concurrent change of the user is detected, not overwritten.")
+        change.add_argument("--password-file", metavar="FILE", type=Path,
+                            help="read the password from a file (first line)")
+        change.add_argument("--no-password", action="store_true",
+                            help="send the request with no password value")
+        change.add_argument("user", help="the user name")
 
-    token = command("token", "inspect or narrow a token",
-                    "Inspect or narrow an admin or login token, without the server.")
-    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION",
-                                     parser_class=_Parser)
-    token_sub.required = True
-    show = token_sub.add_parser(
-        "show", parents=common, help="show what a token allows",
-        description="Show a token's kind, user, caveats and expiry (never its signature). "
-                    "The token is the one other commands would use, or read from stdin.")
-    show.add_argument("--stdin", action="store_true", help="read the token from stdin")
-    narrow = token_sub.add_parser(
-        "attenuate", parents=common, help="make a narrower token",
-        description="Print a narrower token: only for one user and/or only until a time. "
-                    "The token is the one other commands would use, or read from stdin.")
-    narrow.add_argument("--user", metavar="USER",
-                        help="the token only acts as this user (authzid caveat)")
-    until = narrow.add_mutually_exclusive_group()
-    until.add_argument("--expires", metavar="TIMESTAMP", type=_timestamp,
-                       help="the token expires at this time (UNIX time or ISO-8601)")
-    until.add_argument("--lifetime", metavar="DURATION", type=_duration,
-                       help="the token expires after this long (3600, 30m, 12h, 1d, ...)")
-    narrow.add_argument("--stdin", action="store_true", help="read the token from stdin")
-    narrow.add_argument("-o", "--output", metavar="FILE", type=Path,
-                        help="write the token to FILE (mode 0600) instead of stdout")
+    if wanted("delete-user"):
+        delete = command("delete-user", "delete a user", "Delete a user and its mail data.")
+        delete.add_argument("user", help="the user name")
+
+    if wanted("token"):
+        token = command("token", "inspect or narrow a token",
+                        "Inspect or narrow an admin or login token, without the server.")
+        token_sub = token.add_subparsers(dest="token_command", metavar="ACTION",
+                                         parser_class=_Parser)
+        token_sub.required = True
+        show = token_sub.add_parser(
+            "show", parents=common, help="show what a token allows",
+            description="Show a token's kind, user, caveats and expiry (never its signature). "
+                        "The token is the one other commands would use, or read from stdin.")
+        show.add_argument("--stdin", action="store_true", help="read the token from stdin")
+        narrow = token_sub.add_parser(
+            "attenuate", parents=common, help="make a narrower token",
+            description="Print a narrower token: only for one user and/or only until a time. "
+                        "The token is the one other commands would use, or read from stdin.")
+        narrow.add_argument("--user", metavar="USER",
+                            help="the token only acts as this user (authzid caveat)")
+        until = narrow.add_mutually_exclusive_group()
+        until.add_argument("--expires", metavar="TIMESTAMP", type=_timestamp,
+                           help="the token expires at this time (UNIX time or ISO-8601)")
+        until.add_argument("--lifetime", metavar="DURATION", type=_duration,
+                           help="the token expires after this long (3600, 30m, 12h, 1d, ...)")
+        narrow.add_argument("--stdin", action="store_true", help="read the token from stdin")
+        narrow.add_argument("-o", "--output", metavar="FILE", type=Path,
+                            help="write the token to FILE (mode 0600) instead of stdout")
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> Options:
     """Parse ``argv`` (without the program name). Raises :class:`UsageError`;
     ``--help`` and ``--version`` print to ``sys.stdout`` and raise SystemExit(0)."""
-    parser = build_parser()
-    ns = parser.parse_args(list(argv))
+    parser = build_parser(command_name(argv))
+    try:
+        ns = parser.parse_args(list(argv))
+    except UsageError:
+        # Whatever confused the short cut, the full parser says it properly.
+        parser = build_parser()
+        ns = parser.parse_args(list(argv))
     if ns.command is None:
         parser.error("expected a command name")
     glob = GlobalOptions(

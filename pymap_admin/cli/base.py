@@ -10,7 +10,6 @@ JSON object with ``--json``. An expected failure is one line on stderr
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +47,12 @@ class Streams(NamedTuple):
     def binary_stdin(self) -> IO[bytes]:
         stream = getattr(self.stdin, "buffer", self.stdin)
         return stream
+
+
+def dumps(data: dict[str, Any]) -> str:
+    import json  # only with --json: a delivery need not load it
+
+    return json.dumps(data, sort_keys=True)
 
 
 def _escape(value: str) -> str:
@@ -150,10 +155,10 @@ class Command(Generic[_O]):
 
         return load_settings(self.globals.connection(), config_file=self.globals.config)
 
-    def client(self, settings: ConnectionSettings | None = None) -> AdminClient:
+    def client(self, *, attenuate_tokens: bool = True) -> AdminClient:
         from ..client import AdminClient
 
-        return AdminClient(settings if settings is not None else self.settings())
+        return AdminClient(self.settings(), attenuate_tokens=attenuate_tokens)
 
     # --- output -------------------------------------------------------------
 
@@ -166,7 +171,7 @@ class Command(Generic[_O]):
     def emit(self, fields: Sequence[Field], data: dict[str, Any]) -> None:
         """The answer: ``fields`` in text format, or ``data`` as JSON."""
         if self.globals.json:
-            self.print(json.dumps(data, sort_keys=True) + "\n")
+            self.print(dumps(data) + "\n")
         else:
             # The published client print()s the message: text format and a blank line.
             self.print(text_format(fields) + "\n")
@@ -189,6 +194,6 @@ class Command(Generic[_O]):
             traceback.print_exception(exc, file=self.streams.stderr)
         self.error(self.describe(exc))
         if self.globals.json:
-            self.print(json.dumps({"error": self.error_data(exc)}, sort_keys=True) + "\n")
+            self.print(dumps({"error": self.error_data(exc)}) + "\n")
         return status
 

@@ -54,4 +54,22 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
     module, name = COMMANDS[options.command]
     command_class: type[Command[Any]] = getattr(import_module(f"{__package__}.{module}"), name)
-    return command_class(options, streams).run()
+    status = command_class(options, streams).run()
+    if argv is None and stdout is None and stderr is None:
+        _exit_now(status)
+    return status
+
+
+def _exit_now(status: int) -> None:
+    """Leave without the interpreter's finalization, which costs a delivery
+    ~18 ms of CPU (a fifth of it) tearing down modules it will never use
+    again. Only as the console script: everything is written and closed by
+    now, and the output streams are flushed here."""
+    import os
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        return  # let the normal exit report it
+    os._exit(status)
