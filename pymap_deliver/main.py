@@ -143,6 +143,14 @@ def parse_args(argv: Sequence[str] | None = None) -> DeliverArgs:
                        config_file=ns.config, log_level=getattr(logging, ns.log_level))
 
 
+def configure_logging(level: int, stream: TextIO) -> None:
+    logging.basicConfig(level=level, stream=stream,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd narrates every connection at INFO; our own session and
+    # delivery lines say what an operator needs.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, level))
+
+
 async def run(args: DeliverArgs) -> int:
     """Serve until SIGTERM/SIGINT, then finish what is in flight."""
     from pymap_admin.client import AdminClient
@@ -170,8 +178,7 @@ async def run(args: DeliverArgs) -> int:
 
 def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=stderr or sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, stderr or sys.stderr)
     try:
         return asyncio.run(run(args))
     except ConfigurationError as exc:

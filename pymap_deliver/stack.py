@@ -27,6 +27,7 @@ from pymap_admin import AdminClient, ConnectionSettings
 
 from .delivery import DeliveryOptions, PymapBackend
 from .localpymap import DEMO_PASSWORD, DEMO_USER, PymapServer, free_port
+from .main import configure_logging
 from .server import DeliveryServer, ServerConfig, TcpEndpoint, UnixEndpoint, install_signal_handlers
 
 log = logging.getLogger("pymap_deliver.stack")
@@ -105,8 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="stop after the sample delivery instead of serving")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(getattr(logging, args.log_level.upper()), sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(args))
     return 0

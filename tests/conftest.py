@@ -10,16 +10,8 @@ import pytest
 
 from pymap_admin import ConnectionSettings
 
+from ._require import require
 from .pymap_server import PymapServer, TLSFiles, cleanup, make_maildir_server, pymap_executable
-
-
-def require(available: bool, reason: str) -> None:
-    """Skip when a real peer is missing, except under CI, where it must be there."""
-    if available:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"required under CI: {reason}")
-    pytest.skip(reason)
 
 
 def require_pymap() -> None:

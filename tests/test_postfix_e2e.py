@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ._require import require_tool
-from .conftest import require, require_pymap
+from pymap_deliver.localpymap import REPO
+
+from ._require import require, require_tool
+from .conftest import require_pymap
 from .postfix import PostfixInstance, postfix_available, render
 from .pymap_server import DEMO_USER, PymapServer, TLSFiles, free_port
 
@@ -207,5 +209,133 @@ def test_lmtp_nothing_lost_while_pymap_is_down(
     pymap.start()  # dict backend: a fresh demo mailbox, and a new admin token
     postfix.flush()
     postfix.wait_for(r"status=sent .*250 2\.0\.0 Message delivered", 20, timeout=120)
+    assert count(pymap, tag) == 20
+    assert postfix.queue_ids() == []
+
+
+# --- pipe(8): pymap-admin append run by postfix as an unprivileged user ------
+
+PIPE_USER = "nobody"
+
+
+@pytest.fixture(scope="session")
+def pipe_install() -> Iterator[Path]:
+    """pymap-deliver installed where an unprivileged user can run it.
+
+    The project's own .venv may sit on an interpreter under /root, which the
+    pipe user cannot execute: install a copy on the system's python3 in a
+    world-readable folder, as an operator would under /opt.
+    """
+    require_postfix()
+    system_python = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+    require(system_python is not None, "no system python3 for the pipe user")
+    assert system_python is not None
+    root = Path(tempfile.mkdtemp(prefix="pymap-pipe-venv-"))
+    root.chmod(0o755)
+    try:
+        subprocess.run([system_python, "-m", "venv", str(root)], check=True, timeout=300)
+        subprocess.run([str(root / "bin" / "pip"), "install", "--quiet", str(REPO)],
+                       check=True, timeout=600)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class PipeFiles:
+    config: Path
+    token: Path
+
+    def install_token(self, server: PymapServer) -> None:
+        """What contrib/systemd/pymap-admin-token.conf does after each pymap start."""
+        shutil.copyfile(server.token_path, self.token)
+        shutil.chown(self.token, PIPE_USER)
+        self.token.chmod(0o600)
+
+
+def pipe_files(server: PymapServer, tls: TLSFiles, workdir: Path) -> PipeFiles:
+    folder = workdir / "pipe-etc"
+    folder.mkdir(mode=0o755)
+    ca = folder / "ca.pem"
+    shutil.copyfile(tls.ca, ca)
+    ca.chmod(0o644)
+    files = PipeFiles(config=folder / "pymap-admin.conf", token=folder / "deliver.token")
+    files.config.write_text(
+        "[pymap-admin]\n"
+        f"host = 127.0.0.1\nport = {server.admin_port}\ncafile = {ca}\n"
+        f"token_file = {files.token}\ntimeout = 10\n")
+    shutil.chown(files.config, PIPE_USER)
+    files.config.chmod(0o600)
+    files.install_token(server)
+    return files
+
+
+@pytest.fixture
+def pipe_stack(e2e_pymap: PymapServer, tls_files: TLSFiles, workdir: Path,
+               pipe_install: Path) -> Iterator[tuple[PostfixInstance, PymapServer, PipeFiles]]:
+    files = pipe_files(e2e_pymap, tls_files, workdir)
+    master_cf = render("master.cf.pipe", {
+        "user=pymap-deliver": f"user={PIPE_USER}",
+        "/opt/pymap-deliver/bin/pymap-admin": str(pipe_install / "bin" / "pymap-admin"),
+        "/etc/pymap/pymap-admin.conf": str(files.config),
+    })
+    main_cf = render("main.cf.pipe", {})
+    postfix = PostfixInstance(main_cf + "\ndefault_transport = error:no mail leaves the test\n",
+                              master_cf_extra=master_cf)
+    try:
+        postfix.start()
+        assert postfix.check_output() == ""
+        yield postfix, e2e_pymap, files
+    finally:
+        postfix.cleanup()
+
+
+def test_pipe_three_local_recipients_and_an_unknown_one(
+        pipe_stack: tuple[PostfixInstance, PymapServer, PipeFiles]) -> None:
+    postfix, pymap, _ = pipe_stack
+    tag = uuid.uuid4().hex
+    swaks(postfix, f"{DEMO_USER}@localhost,alice@localhost,bob@mx.pymap.test,"
+                   "nosuchuser@localhost", tag)
+    sent = postfix.wait_for(r"relay=pymap.*status=sent \(delivered via pymap service", 3)
+    (bounced,) = postfix.wait_for(r"to=<nosuchuser@localhost>.*status=bounced", 1)
+    assert "5.1.1 User unknown" in bounced
+    assert len(sent) == 3
+    for user in (DEMO_USER, "alice", "bob"):
+        assert count(pymap, tag, user) == 1
+    (stored,) = [m for m in pymap.fetch_all(user="bob", password="pw") if tag.encode() in m]
+    # postfix's pipe flags=DR add these; append adds nothing of its own.
+    assert stored.startswith(b"Delivered-To: bob@mx.pymap.test\r\n"
+                             b"Return-Path: <sender@mx.pymap.test>\r\n")
+    assert stored.count(b"Delivered-To:") == 1
+
+
+def test_pipe_sieve_reject_bounces_with_the_reason(
+        pipe_stack: tuple[PostfixInstance, PymapServer, PipeFiles]) -> None:
+    postfix, pymap, _ = pipe_stack
+    swaks(postfix, f"{DEMO_USER}@localhost", "reject this", sender="alice@localhost")
+    (line,) = postfix.wait_for(rf"to=<{DEMO_USER}@localhost>.*status=bounced", 1)
+    assert "5.7.1 message rejected" in line
+    assert "status=deferred" not in postfix.log()
+    postfix.wait_for(r"to=<alice@localhost>.*status=sent", 1)
+    bounces = [m for m in pymap.fetch_all(user="alice", password="pw")
+               if b"Undelivered Mail Returned to Sender" in m and b"message rejected" in m]
+    assert len(bounces) == 1
+
+
+def test_pipe_nothing_lost_while_pymap_is_down(
+        pipe_stack: tuple[PostfixInstance, PymapServer, PipeFiles]) -> None:
+    postfix, pymap, files = pipe_stack
+    tag = uuid.uuid4().hex
+    pymap.stop()
+    for i in range(20):
+        swaks(postfix, f"{DEMO_USER}@localhost", f"{tag} {i}")
+    deferred = postfix.wait_for(r"status=deferred", 20)
+    assert all("4.4.1" in line for line in deferred), deferred[0]
+    assert "status=bounced" not in postfix.log()
+    assert len(postfix.queue_ids()) == 20
+    pymap.start()
+    files.install_token(pymap)
+    postfix.flush()
+    postfix.wait_for(r"relay=pymap.*status=sent", 20, timeout=120)
     assert count(pymap, tag) == 20
     assert postfix.queue_ids() == []
