@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from grpclib.const import Status
 
+from pymap_admin.tokens import inspect_token
+
 from .fake_admin import (
     DroppingServer,
     FakeAdmin,
@@ -21,10 +23,13 @@ from .fake_admin import (
     sleep_forever,
 )
 from .test_cli_real import SCRIPT, Run
+from .test_tokens import admin_token
+
+ADMIN_TOKEN = admin_token()
 
 
 async def run(path: Path, *args: str, stdin: bytes = b"Subject: x\r\n\r\nhi\r\n") -> Run:
-    env = {**os.environ, "PYMAP_ADMIN_TOKEN": "fake-token"}
+    env = {**os.environ, "PYMAP_ADMIN_TOKEN": ADMIN_TOKEN}
     proc = await asyncio.create_subprocess_exec(
         str(SCRIPT), "--path", str(path), *args, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
@@ -85,4 +90,11 @@ async def test_append_request_on_the_wire(tmp_path: Path) -> None:
     assert not third.HasField("sender") and not third.HasField("mailbox")
     assert third.when > 1700000000
     metadata = fake.calls[0].metadata
-    assert metadata["auth-token"] == "fake-token" and metadata["client-version"] == "0.12.1"
+    assert metadata["client-version"] == "0.12.1"
+    # The admin token itself never travels: a copy narrowed to this user and
+    # to minutes does.
+    sent = inspect_token(metadata["auth-token"])
+    assert sent.kind == "admin"
+    assert sent.authzid == "user"
+    assert sent.expires is not None
+    assert metadata["auth-token"] != ADMIN_TOKEN

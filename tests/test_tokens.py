@@ -45,6 +45,19 @@ def test_attenuation_keeps_the_signature_chain() -> None:
     assert verifier.verify(narrowed, b"k" * 32)
 
 
+@pytest.mark.parametrize("base", [admin_token(), "login"])
+def test_fast_attenuation_equals_pymacaroons(base: str) -> None:
+    if base == "login":
+        macaroon = Macaroon(location="", identifier="abc123", key=b"user key")
+        macaroon.add_first_party_caveat("authcid = alice")
+        base = macaroon.serialize()
+    until = datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
+    reference = Macaroon.deserialize(base)
+    reference.add_first_party_caveat("authzid = alice")
+    reference.add_first_party_caveat(f"time < {until.isoformat()}")
+    assert attenuate(base, authzid="alice", expires=until) == reference.serialize()
+
+
 def test_bad_input() -> None:
     with pytest.raises(ValueError, match="not a pymap token"):
         inspect_token("not a macaroon")

@@ -155,10 +155,10 @@ class Command(Generic[_O]):
 
         return load_settings(self.globals.connection(), config_file=self.globals.config)
 
-    def client(self, *, attenuate_tokens: bool = True) -> AdminClient:
+    def client(self) -> AdminClient:
         from ..client import AdminClient
 
-        return AdminClient(self.settings(), attenuate_tokens=attenuate_tokens)
+        return AdminClient(self.settings())
 
     # --- output -------------------------------------------------------------
 

@@ -70,10 +70,7 @@ class AppendCommand(Command[AppendOptions]):
             if data is None:
                 return self._finish(too_big(), None,
                                     f"message larger than --max-size {options.max_size} bytes")
-            # The token goes as it is, like the published client sends it:
-            # narrowing it per request (pymacaroons and PyNaCl) would cost
-            # every delivery ~10 ms of CPU, most of our budget.
-            async with self.client(attenuate_tokens=False) as client:
+            async with self.client() as client:
                 result = await client.append(
                     options.username, data, sender=null_sender(options.sender),
                     recipient=options.recipient, mailbox=options.mailbox,
