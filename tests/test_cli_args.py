@@ -24,7 +24,7 @@ from pymap_admin.cli.args import (
     command_name,
     parse_args,
 )
-from pymap_admin.cli.mailbox import null_sender, read_message
+from pymap_admin.cli.mailbox import crlf, null_sender, read_message
 from pymap_admin.cli.main import main
 
 
@@ -187,3 +187,15 @@ def test_read_message() -> None:
     assert read_message(io.BytesIO(message), len(message) - 1) is None
     # The stripped From_ line does not count against the limit.
     assert read_message(io.BytesIO(b"From x\n" + message), len(message)) == message
+
+
+@pytest.mark.parametrize(("given", "stored"), [
+    (b"Subject: s\r\n\r\nbody\r\n", b"Subject: s\r\n\r\nbody\r\n"),
+    (b"Subject: s\n\nbody\n", b"Subject: s\r\n\r\nbody\r\n"),
+    (b"Subject: s\r\n\nbody\n", b"Subject: s\r\n\r\nbody\r\n"),
+    (b"no line end", b"no line end"),
+    (b"bare\rcr\n", b"bare\rcr\r\n"),
+])
+def test_line_endings_become_crlf(given: bytes, stored: bytes) -> None:
+    assert crlf(given) == stored
+    assert read_message(io.BytesIO(b"From x@y Mon Jan  1 00:00:00 2024\n" + given), 0) == stored

@@ -298,15 +298,19 @@ def test_pipe_three_local_recipients_and_an_unknown_one(
                    "nosuchuser@localhost", tag)
     sent = postfix.wait_for(r"relay=pymap.*status=sent \(delivered via pymap service", 3)
     (bounced,) = postfix.wait_for(r"to=<nosuchuser@localhost>.*status=bounced", 1)
-    assert "5.1.1 User unknown" in bounced
+    # pipe(8) takes the enhanced code from append's first line of output.
+    assert "dsn=5.1.1" in bounced
+    assert "status=bounced (User unknown" in bounced
     assert len(sent) == 3
     for user in (DEMO_USER, "alice", "bob"):
         assert count(pymap, tag, user) == 1
     (stored,) = [m for m in pymap.fetch_all(user="bob", password="pw") if tag.encode() in m]
-    # postfix's pipe flags=DR add these; append adds nothing of its own.
-    assert stored.startswith(b"Delivered-To: bob@mx.pymap.test\r\n"
-                             b"Return-Path: <sender@mx.pymap.test>\r\n")
+    # postfix's pipe flags=DR add these; append adds nothing of its own, and
+    # stores pipe(8)'s UNIX line endings as the CRLF IMAP wants.
+    assert stored.startswith(b"Return-Path: <sender@mx.pymap.test>\r\n"
+                             b"Delivered-To: bob@mx.pymap.test\r\n")
     assert stored.count(b"Delivered-To:") == 1
+    assert stored.count(b"\n") == stored.count(b"\r\n")
 
 
 def test_pipe_sieve_reject_bounces_with_the_reason(
@@ -314,7 +318,8 @@ def test_pipe_sieve_reject_bounces_with_the_reason(
     postfix, pymap, _ = pipe_stack
     swaks(postfix, f"{DEMO_USER}@localhost", "reject this", sender="alice@localhost")
     (line,) = postfix.wait_for(rf"to=<{DEMO_USER}@localhost>.*status=bounced", 1)
-    assert "5.7.1 message rejected" in line
+    assert "dsn=5.7.1" in line
+    assert "status=bounced (message rejected" in line
     assert "status=deferred" not in postfix.log()
     postfix.wait_for(r"to=<alice@localhost>.*status=sent", 1)
     bounces = [m for m in pymap.fetch_all(user="alice", password="pw")
@@ -330,7 +335,7 @@ def test_pipe_nothing_lost_while_pymap_is_down(
     for i in range(20):
         swaks(postfix, f"{DEMO_USER}@localhost", f"{tag} {i}")
     deferred = postfix.wait_for(r"status=deferred", 20)
-    assert all("4.4.1" in line for line in deferred), deferred[0]
+    assert all("dsn=4.4.1" in line for line in deferred), deferred[0]
     assert "status=bounced" not in postfix.log()
     assert len(postfix.queue_ids()) == 20
     pymap.start()

@@ -47,17 +47,36 @@ def _read(stream: IO[bytes], limit: int) -> bytes:
 
 
 def read_message(stream: IO[bytes], max_size: int) -> bytes | None:
-    """The message from ``stream`` without a leading mbox ``From `` line, or
-    None if it is larger than ``max_size`` bytes (0: no limit)."""
+    """The message from ``stream`` without a leading mbox ``From `` line,
+    with CRLF line endings, or None if it is larger than ``max_size`` bytes
+    (0: no limit)."""
     kept = _read(stream, 5)
     if kept == b"From ":
         line = stream.readline(_FROM_LINE_LIMIT)
         # Without a line end it is no mbox separator: keep it all.
         kept = b"" if line.endswith(b"\n") else kept + line
     if not max_size:
-        return kept + stream.read()
+        return crlf(kept + stream.read())
     data = kept + _read(stream, max_size + 1 - len(kept))
-    return None if len(data) > max_size else data
+    return None if len(data) > max_size else crlf(data)
+
+
+def crlf(data: bytes) -> bytes:
+    """Line endings as IMAP wants them (RFC 3501: CRLF).
+
+    MTAs hand a local delivery command the message with UNIX line endings
+    (postfix's pipe(8) and local(8), sendmail's local mailer); stored as
+    they are, IMAP clients would get bare LFs. A message already in CRLF is
+    returned unchanged.
+    """
+    bare = data.count(b"\n") - data.count(b"\r\n")
+    if not bare:
+        return data
+    if bare == data.count(b"\n"):
+        return data.replace(b"\n", b"\r\n")
+    import re
+
+    return re.sub(rb"(?<!\r)\n", b"\r\n", data)
 
 
 class AppendCommand(Command[AppendOptions]):
