@@ -344,3 +344,47 @@ def test_pipe_nothing_lost_while_pymap_is_down(
     postfix.wait_for(r"relay=pymap.*status=sent", 20, timeout=120)
     assert count(pymap, tag) == 20
     assert postfix.queue_ids() == []
+
+
+def test_mailbox_command_runs_as_the_recipient_with_its_own_token(
+        e2e_pymap: PymapServer, tls_files: TLSFiles, workdir: Path, pipe_install: Path) -> None:
+    """local(8) runs append as the system user "nobody", with a login token
+    good for that pymap user only (what `pymap-admin login -s` saves)."""
+    import asyncio
+
+    from pymap_admin import AdminClient
+
+    from .conftest import socket_settings
+
+    async def login() -> str:
+        async with AdminClient(socket_settings(e2e_pymap)) as client:
+            await client.set_user(PIPE_USER, password="pw")
+            return (await client.login(PIPE_USER, password="pw")).bearer_token
+
+    files = pipe_files(e2e_pymap, tls_files, workdir)
+    files.token.write_text(asyncio.run(login()))
+    main_cf = render("main.cf.mailbox-command", {
+        "/opt/pymap-deliver/bin/pymap-admin":
+            f"{pipe_install / 'bin' / 'pymap-admin'} --config {files.config}",
+    })
+    postfix = PostfixInstance(main_cf + "\nlocal_recipient_maps =\n"
+                              "default_transport = error:no mail leaves the test\n")
+    try:
+        postfix.start()
+        assert postfix.check_output() == ""
+        tag = uuid.uuid4().hex
+        swaks(postfix, f"{PIPE_USER}@localhost", tag)
+        swaks(postfix, f"{DEMO_USER}@localhost", f"not for nobody {tag}")
+        postfix.wait_for(rf"to=<{PIPE_USER}@localhost>.*status=sent", 1)
+        (refused,) = postfix.wait_for(rf"to=<{DEMO_USER}@localhost>.*status=(bounced|deferred)")
+    finally:
+        postfix.cleanup()
+    # The demo user has no system account: local(8) itself refuses it.
+    assert "status=bounced" in refused
+    (stored,) = [m for m in e2e_pymap.fetch_all(user=PIPE_USER, password="pw")
+                 if tag.encode() in m]
+    # local(8)'s "From " line is gone; its own headers stay; CRLF.
+    assert stored.startswith(b"Return-Path: <sender@mx.pymap.test>\r\n")
+    assert b"\r\nDelivered-To: nobody@localhost\r\n" in stored
+    assert b"\nFrom " not in stored.split(b"\r\n\r\n", 1)[0]
+    assert stored.count(b"\n") == stored.count(b"\r\n")
