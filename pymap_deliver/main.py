@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     rcpt.add_argument("--max-in-flight", metavar="N", type=int, default=256,
                       help="admin calls in flight at once, all sessions together (default: 256)")
 
-    conn = parser.add_argument_group("pymap admin connection")
-    add_connection_arguments(conn)
+    add_connection_arguments(parser)
+    parser.add_argument("--timeout", metavar="SECONDS", type=float,
+                        help="deadline of each call to pymap (default: 60; keep it well "
+                             "below postfix's lmtp_data_done_timeout of 600 s)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging threshold (default: INFO)")

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
+from .connection import add_connection_arguments, connection_options
+
 __all__ = [
     "COMMANDS",
     "DEFAULT_MAX_SIZE",
@@ -69,17 +71,14 @@ class GlobalOptions(NamedTuple):
     cafile: Path | None = None
     capath: Path | None = None
     no_verify_cert: bool = False
+    tls: bool | None = None
     timeout: float | None = None
     json: bool = False
     debug: bool = False
 
     def connection(self) -> dict[str, object | None]:
         """The connection settings given on the command line (None: not given)."""
-        return {"host": self.host, "port": self.port, "path": self.path,
-                "token_file": self.token_file, "cert": self.cert, "key": self.key,
-                "cafile": self.cafile, "capath": self.capath,
-                "no_verify_cert": True if self.no_verify_cert else None,
-                "timeout": self.timeout}
+        return connection_options(self)
 
 
 class SaveArgsOptions(NamedTuple):
@@ -211,16 +210,6 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range: {port}")
-    return port
-
-
 def _positive(value: str) -> float:
     try:
         number = float(value)
@@ -338,20 +327,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         parents=[_common(False)],
     )
     parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
-    parser.add_argument("--config", metavar="PATH", type=Path,
-                        help="connection config file (default: ~/.config/pymap/pymap-admin.conf)")
-    parser.add_argument("--host", metavar="HOST", help="server host (TCP, always TLS)")
-    parser.add_argument("--port", metavar="PORT", type=_port, help="server port (default: 50051)")
-    parser.add_argument("--path", metavar="PATH", type=Path,
-                        help="server socket file (used as given: no fallback)")
-    parser.add_argument("--token-file", metavar="PATH", type=Path, help="auth token file")
-    tls = parser.add_argument_group("tls options")
-    tls.add_argument("--cert", metavar="FILE", type=Path, help="client certificate")
-    tls.add_argument("--key", metavar="FILE", type=Path, help="client private key")
-    tls.add_argument("--cafile", metavar="FILE", type=Path, help="CA cert file")
-    tls.add_argument("--capath", metavar="PATH", type=Path, help="CA cert path")
-    tls.add_argument("--no-verify-cert", action="store_true",
-                     help="disable TLS certificate verification")
+    add_connection_arguments(parser)
 
     common = [_common(True)]
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -503,7 +479,8 @@ def parse_args(argv: Sequence[str]) -> Options:
     glob = GlobalOptions(
         config=ns.config, host=ns.host, port=ns.port, path=ns.path, token_file=ns.token_file,
         cert=ns.cert, key=ns.key, cafile=ns.cafile, capath=ns.capath,
-        no_verify_cert=ns.no_verify_cert, timeout=ns.timeout, json=ns.json, debug=ns.debug)
+        no_verify_cert=ns.no_verify_cert, tls=ns.tls, timeout=ns.timeout, json=ns.json,
+        debug=ns.debug)
     if glob.key is not None and glob.cert is None:
         parser.error("--key needs --cert")
     name: str = ns.command

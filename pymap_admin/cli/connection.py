@@ -1,62 +1,63 @@
 """The connection options shared by ``pymap-admin`` and ``pymap-deliver``.
 
-One definition of the global options pymap users know (cli-surface: --config,
---host, --port, --path, --token-file and the TLS options), turned into the
-``options`` mapping of :func:`pymap_admin.settings.load_settings`.
+One definition of the options pymap users know (cli-surface: --config,
+--host, --port, --path, --token-file and the TLS options), and one mapping
+from what was parsed to the ``options`` of
+:func:`pymap_admin.settings.load_settings`.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-__all__ = ["add_connection_arguments", "connection_options"]
+__all__ = ["CONNECTION_NAMES", "add_connection_arguments", "connection_options"]
 
-# argparse dest -> settings name
-_SETTINGS = {
-    "host": "host", "port": "port", "path": "path", "token_file": "token_file",
-    "cert": "cert", "key": "key", "cafile": "cafile", "capath": "capath",
-    "no_verify_cert": "no_verify_cert", "tls": "tls", "timeout": "timeout",
-}
+#: The parsed attributes that are connection settings, named as in
+#: :class:`pymap_admin.settings.ConnectionSettings`.
+CONNECTION_NAMES = ("host", "port", "path", "token_file", "cert", "key", "cafile", "capath",
+                    "no_verify_cert", "tls", "timeout")
 
 
-def _positive_float(text: str) -> float:
+def port_number(value: str) -> int:
     try:
-        value = float(text)
+        port = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return port
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """Add the connection options to a parser or an argument group.
-
-    Every default is None so that "not given" falls through to the
-    environment and the config file.
-    """
-    parser.add_argument("--config", metavar="PATH",
-                        help="config file (default: ~/.config/pymap/pymap-admin.conf)")
-    parser.add_argument("--host", metavar="HOST", help="server host (TCP, with TLS)")
-    parser.add_argument("--port", metavar="PORT", type=int, help="server port (default 50051)")
-    parser.add_argument("--path", metavar="PATH",
-                        help="server UNIX socket (default: found in ~/.config/pymap or "
-                             "$TMPDIR/pymap); used as given when named")
-    parser.add_argument("--token-file", metavar="PATH", help="file holding the admin token")
-    parser.add_argument("--timeout", metavar="SECONDS", type=_positive_float,
-                        help="deadline of each call (default: 60)")
-    tls = parser
-    tls.add_argument("--cert", metavar="FILE", help="client certificate")
-    tls.add_argument("--key", metavar="FILE", help="client private key")
-    tls.add_argument("--cafile", metavar="FILE", help="CA certificates to verify the server")
-    tls.add_argument("--capath", metavar="PATH", help="folder of CA certificates")
-    tls.add_argument("--no-verify-cert", action="store_true", default=None,
-                     help="do not verify the server certificate (insecure)")
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the connection options. Every default means "not given", so that
+    the environment and the config file still apply."""
+    parser.add_argument("--config", metavar="PATH", type=Path,
+                        help="connection config file (default: ~/.config/pymap/pymap-admin.conf)")
+    parser.add_argument("--host", metavar="HOST", help="server host (TCP, always TLS)")
+    parser.add_argument("--port", metavar="PORT", type=port_number,
+                        help="server port (default: 50051)")
+    parser.add_argument("--path", metavar="PATH", type=Path,
+                        help="server socket file (used as given: no fallback)")
+    parser.add_argument("--token-file", metavar="PATH", type=Path, help="auth token file")
+    tls = parser.add_argument_group("tls options")
+    tls.add_argument("--cert", metavar="FILE", type=Path, help="client certificate")
+    tls.add_argument("--key", metavar="FILE", type=Path, help="client private key")
+    tls.add_argument("--cafile", metavar="FILE", type=Path, help="CA cert file")
+    tls.add_argument("--capath", metavar="PATH", type=Path, help="CA cert path")
+    tls.add_argument("--no-verify-cert", action="store_true",
+                     help="disable TLS certificate verification")
     tls.add_argument("--no-tls", dest="tls", action="store_false", default=None,
-                     help="plain TCP (pymap's own admin port always speaks TLS)")
+                     help="plain TCP, for a service behind a TLS proxy "
+                          "(pymap's own admin port always speaks TLS)")
 
 
-def connection_options(ns: argparse.Namespace) -> dict[str, object | None]:
-    """The parsed connection options as :func:`load_settings` wants them."""
-    return {name: getattr(ns, dest, None) for dest, name in _SETTINGS.items()}
+def connection_options(parsed: Any) -> dict[str, object | None]:
+    """The connection settings of a parsed command line (a Namespace or typed
+    options with the same names) for :func:`load_settings`; None: not given."""
+    options: dict[str, object | None] = {
+        name: getattr(parsed, name, None) for name in CONNECTION_NAMES}
+    # A switch that was not given must not override the environment.
+    options["no_verify_cert"] = True if options["no_verify_cert"] else None
+    return options
