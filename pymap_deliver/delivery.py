@@ -120,21 +120,20 @@ class PymapBackend:
         mailbox = target.mailbox
         result: AppendResult | None = None
         try:
-            data = trace_headers(
+            headers = trace_headers(
                 sender=message.sender, recipient=target.address,
                 lhlo_name=message.lhlo_name, peer=message.peer,
                 hostname=self._options.hostname, session_id=message.session_id,
                 received_at=message.received_at, smtputf8=message.smtputf8,
-            ) + message.data
+            )
             try:
-                result = await self._append(message, target, data, mailbox)
+                result = await self._append(message, target, headers, mailbox)
             except errors.MailboxNotFound:
                 if mailbox is None:
                     raise
                 # A +detail naming a folder that does not exist goes to INBOX.
                 mailbox = None
-                result = await self._append(message, target, data, mailbox)
-            del data
+                result = await self._append(message, target, headers, mailbox)
             outcome = delivered(discarded=result.discarded)
         except errors.UserNotFound as exc:
             # A user deleted between RCPT and DATA: forget the cached "exists".
@@ -152,9 +151,10 @@ class PymapBackend:
                  result.uid if result else "-", outcome.reply, elapsed)
         return outcome
 
-    async def _append(self, message: IncomingMessage, target: Target, data: bytes,
+    async def _append(self, message: IncomingMessage, target: Target, headers: bytes,
                       mailbox: str | None) -> AppendResult:
         async with self._slots:
+            # The headers go as a prefix: the message is not copied for them.
             return await self._client.append(
-                target.user, data, sender=message.sender, recipient=target.address,
-                mailbox=mailbox, when=message.received_at)
+                target.user, message.data, prefix=headers, sender=message.sender,
+                recipient=target.address, mailbox=mailbox, when=message.received_at)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from email.utils import formatdate
+from functools import lru_cache
 
 __all__ = ["MAX_ADDRESS_LENGTH", "is_header_safe", "trace_headers"]
 
@@ -65,6 +66,12 @@ def _tcp_info(peer: str) -> str:
     return _comment_text(peer)
 
 
+@lru_cache(maxsize=256)
+def _date(timestamp: float) -> str:
+    # Every recipient of a message shares its time of receipt: format it once.
+    return formatdate(timestamp, localtime=True)
+
+
 def trace_headers(
     *,
     sender: str,
@@ -94,7 +101,7 @@ def trace_headers(
         f"Received: from {_comment_text(lhlo_name)} ({_tcp_info(peer)})\r\n"
         f"\tby {_comment_text(hostname)} (pymap-deliver) with {protocol}"
         f" id {_comment_text(session_id)}\r\n"
-        f"\tfor <{recipient}>; {formatdate(received_at, localtime=True)}\r\n"
+        f"\tfor <{recipient}>; {_date(received_at)}\r\n"
     )
     text = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n{received}"
     # Without SMTPUTF8 an address is ASCII in practice, but a sloppy client may
