@@ -52,7 +52,7 @@ async def _default_ping(request: pb.PingRequest) -> pb.PingResponse:
     return pb.PingResponse(result=success(), pymap_version="0.36.7", pymap_admin_version="0.12.1")
 
 
-async def _default_user(request: Any) -> pb.UserResponse:
+async def default_user(request: Any) -> pb.UserResponse:
     return pb.UserResponse(result=success(), user=request.user, entity_tag=1,
                            data=pb.UserData(password="hash", roles=["r"], params={"k": "v"}))
 
@@ -98,13 +98,13 @@ class FakeAdmin(SystemBase, MailboxBase, UserBase):
         await self._handle("Append", stream, _default_append)
 
     async def GetUser(self, stream: Stream[pb.GetUserRequest, pb.UserResponse]) -> None:
-        await self._handle("GetUser", stream, _default_user)
+        await self._handle("GetUser", stream, default_user)
 
     async def SetUser(self, stream: Stream[pb.SetUserRequest, pb.UserResponse]) -> None:
-        await self._handle("SetUser", stream, _default_user)
+        await self._handle("SetUser", stream, default_user)
 
     async def DeleteUser(self, stream: Stream[pb.DeleteUserRequest, pb.UserResponse]) -> None:
-        await self._handle("DeleteUser", stream, _default_user)
+        await self._handle("DeleteUser", stream, default_user)
 
 
 def respond_failure(key: str, text: str = "NO failure.") -> Step:
