@@ -379,7 +379,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "line on stdout is the enhanced status (2.0.0 Message delivered, 5.1.1 User "
             "unknown, 4.4.1 ...); details go to stderr; the exit status is 0, 67 (no such "
             "user), 77 (rejected), 65 (too big) or 75 (try again later, also for any "
-            "mistake on this command line). A leading mbox 'From ' line is removed.")
+            "mistake on this command line). A leading mbox 'From ' line is removed and "
+            "UNIX line endings become CRLF.")
         append.add_argument("--from", metavar="ADDRESS", dest="sender",
                             help="the message envelope sender (MAILER-DAEMON or empty: "
                                  "the null sender)")
