@@ -200,7 +200,7 @@ async def test_attenuated_request_token_is_refused_elsewhere_and_later(
     other = f"o-{uuid.uuid4().hex[:8]}"
     async with AdminClient(socket_settings(pymap)) as admin:
         await admin.set_user(other, password="pw")
-    narrowed = RequestTokens(lifetime=timedelta(seconds=2)).for_user(pymap.token(), DEMO_USER)
+    narrowed = RequestTokens(lifetime=timedelta(seconds=5)).for_user(pymap.token(), DEMO_USER)
     info = inspect_token(narrowed)
     assert info.kind == "admin" and info.authzid == DEMO_USER and info.expires is not None
     settings = socket_settings(pymap, token=narrowed, token_file=None)
