@@ -146,8 +146,9 @@ def parse_args(argv: Sequence[str] | None = None) -> DeliverArgs:
 
 
 def configure_logging(level: int, stream: TextIO) -> None:
-    logging.basicConfig(level=level, stream=stream,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pymap_admin.logs import configure_logging as configure_admin_logging
+
+    configure_admin_logging(level, stream)
     # aiosmtpd narrates every connection at INFO; our own session and
     # delivery lines say what an operator needs.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, level))

@@ -152,6 +152,10 @@ def test_user_lifecycle_and_its_own_token(pymap: PymapServer, tmp_path: Path) ->
 def test_debug_shows_the_traceback(pymap: PymapServer) -> None:
     result = run(*via(pymap), "--debug", "get-user", "nobody-at-all")
     assert result.status == 1 and "Traceback" in result.stderr
+    # Wire-level detail, but never the token: hpack would log header values.
+    assert "DEBUG" in result.stderr
+    assert "auth-token" not in result.stderr
+    assert pymap.token() not in result.stderr
 
 
 # --- append: every outcome a real server can produce --------------------------------

@@ -50,8 +50,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     if options.globals.debug:
         import logging
 
-        logging.basicConfig(level=logging.DEBUG, stream=streams.stderr,
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        from ..logs import configure_logging
+
+        configure_logging(logging.DEBUG, streams.stderr)
     module, name = COMMANDS[options.command]
     command_class: type[Command[Any]] = getattr(import_module(f"{__package__}.{module}"), name)
     status = command_class(options, streams).run()
