@@ -193,3 +193,38 @@ async def test_concurrent_calls_are_multiplexed(tmp_path: Path, token_file: Path
         release.set()
         await asyncio.gather(*tasks)
     assert fake.max_in_flight == 50
+
+
+async def test_client_certificate_is_presented(tmp_path: Path, token_file: Path,
+                                               tls_files: Any) -> None:
+    """A TLS server that requires a client certificate sees ours (the
+    published client accepted --cert/--key and never used them)."""
+    import ssl
+
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(tls_files.cert, tls_files.key)
+    server_context.load_verify_locations(tls_files.ca)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    server_context.set_alpn_protocols(["h2"])
+    seen: list[Any] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(writer.get_extra_info("peercert"))
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    client_pem = tls_files.ca.parent / "client.pem"
+    try:
+        for cert in (client_pem, None):
+            settings = ConnectionSettings(host="127.0.0.1", port=port, cafile=tls_files.ca,
+                                          cert=cert, token_file=token_file, timeout=5)
+            async with AdminClient(settings) as client:
+                with pytest.raises(ConnectionError):
+                    await client.ping()
+    finally:
+        server.close()
+        await server.wait_closed()
+    # Only the first connection completed its handshake, with our certificate.
+    assert len(seen) == 1
+    assert ("email", "client@example.com") in seen[0]["subjectAltName"]
