@@ -66,10 +66,19 @@ def _tcp_info(peer: str) -> str:
     return _comment_text(peer)
 
 
+# Every recipient of a message shares its time of receipt and its session:
+# these parts are built once per message, not once per recipient.
 @lru_cache(maxsize=256)
 def _date(timestamp: float) -> str:
-    # Every recipient of a message shares its time of receipt: format it once.
     return formatdate(timestamp, localtime=True)
+
+
+@lru_cache(maxsize=256)
+def _received_from(lhlo_name: str, peer: str, hostname: str, protocol: str,
+                   session_id: str) -> str:
+    return (f"Received: from {_comment_text(lhlo_name)} ({_tcp_info(peer)})\r\n"
+            f"\tby {_comment_text(hostname)} (pymap-deliver) with {protocol}"
+            f" id {_comment_text(session_id)}\r\n")
 
 
 def trace_headers(
@@ -98,9 +107,7 @@ def trace_headers(
     # Folded the way postfix writes it: one line per clause group, which
     # keeps every line short unless an address itself is long.
     received = (
-        f"Received: from {_comment_text(lhlo_name)} ({_tcp_info(peer)})\r\n"
-        f"\tby {_comment_text(hostname)} (pymap-deliver) with {protocol}"
-        f" id {_comment_text(session_id)}\r\n"
+        f"{_received_from(lhlo_name, peer, hostname, protocol, session_id)}"
         f"\tfor <{recipient}>; {_date(received_at)}\r\n"
     )
     text = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n{received}"
