@@ -18,10 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.pymap_server import PymapServer, cleanup, pymap_executable  # noqa: E402
+from pymap_deliver.localpymap import REPO, PymapServer, cleanup, pymap_executable
 
 OURS = Path(sys.executable).parent / "pymap-admin"
 MESSAGE = (b"From: sender@example.com\r\nTo: demouser\r\nSubject: benchmark\r\n"

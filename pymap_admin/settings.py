@@ -182,7 +182,8 @@ _SOURCES: Mapping[str, tuple[str, str]] = {
     "timeout": ("PYMAP_ADMIN_TIMEOUT", "float"),
 }
 
-#: The keys of the config file, in the order save-args writes them.
+#: The keys of the config file, in the order save-args writes them; also the
+#: names of the command line's connection options (cli/connection.py).
 CONFIG_KEYS = tuple(_SOURCES)
 
 

@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from pymap_admin import ConnectionSettings
+from pymap_admin import AdminClient, ConnectionSettings
+from pymap_deliver.localpymap import (
+    PymapServer,
+    TLSFiles,
+    cleanup,
+    make_maildir_server,
+    pymap_executable,
+)
 
 from ._require import require
-from .pymap_server import PymapServer, TLSFiles, cleanup, make_maildir_server, pymap_executable
 
 
 def require_pymap() -> None:
@@ -100,3 +106,8 @@ def tcp_settings(server: PymapServer, files: TLSFiles, **overrides: object
                                  "timeout": 30.0}
     values.update(overrides)
     return ConnectionSettings(**values)  # type: ignore[arg-type]
+
+
+async def create_user(server: PymapServer, user: str, password: str = "pw") -> None:
+    async with AdminClient(socket_settings(server)) as client:
+        await client.set_user(user, password=password)

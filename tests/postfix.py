@@ -178,11 +178,6 @@ maximal_queue_lifetime = 1d
                               capture_output=True, text=True, timeout=60)
         return re.findall(r'"queue_id": "([0-9A-Za-z]+)"', done.stdout)
 
-    def statuses(self) -> list[tuple[str, str, str]]:
-        """(queue id, status, rest of line) for every delivery attempt logged."""
-        return re.findall(r" ([0-9A-F]{6,}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}): "
-                          r"to=<[^>]*>.* status=(\w+) (.*)", self.log())
-
     def wait_for(self, predicate: str | re.Pattern[str], count: int = 1,
                  timeout: float = 60.0) -> list[str]:
         """Wait until ``predicate`` matches ``count`` log lines; return them."""

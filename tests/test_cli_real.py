@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .pymap_server import DEMO_USER, PymapServer, TLSFiles
+from pymap_deliver.localpymap import DEMO_USER, PymapServer, TLSFiles
 
 SCRIPT = Path(sys.executable).parent / "pymap-admin"
 

@@ -29,9 +29,9 @@ from pymap_admin import (
     inspect_token,
 )
 from pymap_admin.tokens import RequestTokens, TokenSource
+from pymap_deliver.localpymap import DEMO_USER, PymapServer, TLSFiles
 
 from .conftest import socket_settings, tcp_settings
-from .pymap_server import DEMO_USER, PymapServer, TLSFiles
 
 
 def unique_message(subject: str = "hello") -> bytes:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from pymap_admin import AdminClient
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
+from pymap_deliver.localpymap import DEMO_USER, PymapServer, free_port
 from pymap_deliver.recipients import RecipientRules
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
 from ._require import require_tool
-from .conftest import socket_settings
+from .conftest import create_user, socket_settings
 from .lmtp_client import LMTPClient, tcp_port
-from .pymap_server import DEMO_USER, PymapServer, free_port
 
 HOST = "lmtp.test"
 
@@ -70,11 +70,6 @@ def split_trace(stored: bytes) -> tuple[dict[str, str], bytes]:
     headers = {"Return-Path": lines[0][13:].decode(), "Delivered-To": lines[1][14:].decode(),
                "Received": b" ".join(lines[2:end]).decode()}
     return headers, b"\r\n".join(lines[end:])
-
-
-async def create_user(server: PymapServer, user: str, password: str = "pw") -> None:
-    async with AdminClient(socket_settings(server)) as client:
-        await client.set_user(user, password=password)
 
 
 async def test_multi_recipient_each_gets_its_own_copy(pymap: PymapServer) -> None:

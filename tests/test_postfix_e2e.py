@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -17,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from pymap_deliver.localpymap import REPO
+from pymap_admin import AdminClient
+from pymap_deliver.localpymap import DEMO_USER, REPO, PymapServer, TLSFiles, free_port
 
 from ._require import require, require_tool
-from .conftest import require_pymap
+from .conftest import create_user, require_pymap, socket_settings
 from .postfix import PostfixInstance, postfix_available, render
-from .pymap_server import DEMO_USER, PymapServer, TLSFiles, free_port
 
 pytestmark = pytest.mark.postfix
 
@@ -33,23 +34,6 @@ SENDER = "sender@mx.pymap.test"
 def require_postfix() -> None:
     require(postfix_available(), "Debian's postfix is not installed (or not running as root)")
     require_tool("swaks")
-
-
-def create_users(server: PymapServer) -> None:
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "python"), "-c",
-         "import asyncio, sys\n"
-         "from pathlib import Path\n"
-         "from pymap_admin import AdminClient, ConnectionSettings\n"
-         "async def main():\n"
-         "    s = ConnectionSettings(path=Path(sys.argv[1]), token_file=Path(sys.argv[2]))\n"
-         "    async with AdminClient(s) as c:\n"
-         "        for user in sys.argv[3:]:\n"
-         "            await c.set_user(user, password='pw')\n"
-         "asyncio.run(main())\n",
-         str(server.socket_path), str(server.token_path), *USERS],
-        capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
 
 
 @dataclass
@@ -125,7 +109,8 @@ def e2e_pymap(workdir: Path, tls_files: TLSFiles) -> Iterator[PymapServer]:
     require_pymap()
     server = PymapServer(workdir=workdir / "pymap", tls=tls_files)
     server.start()
-    create_users(server)
+    for user in USERS:
+        asyncio.run(create_user(server, user))
     yield server
     server.stop()
 
@@ -311,12 +296,6 @@ def test_mailbox_command_runs_as_the_recipient_with_its_own_token(
         e2e_pymap: PymapServer, tls_files: TLSFiles, workdir: Path, pipe_install: Path) -> None:
     """local(8) runs append as the system user "nobody", with a login token
     good for that pymap user only (what `pymap-admin login -s` saves)."""
-    import asyncio
-
-    from pymap_admin import AdminClient
-
-    from .conftest import socket_settings
-
     async def login() -> str:
         async with AdminClient(socket_settings(e2e_pymap)) as client:
             await client.set_user(PIPE_USER, password="pw")

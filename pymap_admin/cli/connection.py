@@ -12,12 +12,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONNECTION_NAMES", "add_connection_arguments", "connection_options"]
+from ..settings import CONFIG_KEYS
 
-#: The parsed attributes that are connection settings, named as in
-#: :class:`pymap_admin.settings.ConnectionSettings`.
-CONNECTION_NAMES = ("host", "port", "path", "token_file", "cert", "key", "cafile", "capath",
-                    "no_verify_cert", "tls", "timeout")
+__all__ = ["add_connection_arguments", "connection_options"]
 
 
 def port_number(value: str) -> int:
@@ -57,7 +54,7 @@ def connection_options(parsed: Any) -> dict[str, object | None]:
     """The connection settings of a parsed command line (a Namespace or typed
     options with the same names) for :func:`load_settings`; None: not given."""
     options: dict[str, object | None] = {
-        name: getattr(parsed, name, None) for name in CONNECTION_NAMES}
+        name: getattr(parsed, name, None) for name in CONFIG_KEYS}
     # A switch that was not given must not override the environment.
     options["no_verify_cert"] = True if options["no_verify_cert"] else None
     return options
