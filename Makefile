@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PYMAP_VENV := .venv-pymap
-PYMAP_SPEC := pymap[admin,macaroon,sieve]==0.36.7
+PYMAP_SPEC := pymap[admin,macaroon,sieve,redis,swim]==0.36.7
 
 .PHONY: run test venv pymap-venv lint typecheck check-generated generate pytest bench clean
 
@@ -35,7 +35,7 @@ check-generated: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy pymap_admin pymap_deliver tests benchmarks
+	$(VENV)/bin/mypy pymap_admin pymap_deliver devstack tests benchmarks
 
 pytest: venv pymap-venv
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
@@ -43,11 +43,11 @@ pytest: venv pymap-venv
 test: check-generated lint pytest
 
 run: venv pymap-venv
-	$(VENV)/bin/python -m pymap_deliver.stack
+	$(VENV)/bin/python -m devstack.stack
 
 bench: venv pymap-venv
-	$(VENV)/bin/python benchmarks/append_cli.py
-	$(VENV)/bin/python benchmarks/lmtp_load.py
+	$(VENV)/bin/python -m benchmarks.append_cli
+	$(VENV)/bin/python -m benchmarks.lmtp_load
 
 clean:
 	rm -rf $(VENV) $(PYMAP_VENV) .mypy_cache .ruff_cache .pytest_cache

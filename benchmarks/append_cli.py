@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pymap_deliver.localpymap import REPO, PymapServer, cleanup, pymap_executable
+from devstack.localpymap import REPO, PymapServer, cleanup, pymap_executable
 
 OURS = Path(sys.executable).parent / "pymap-admin"
 MESSAGE = (b"From: sender@example.com\r\nTo: demouser\r\nSubject: benchmark\r\n"

@@ -581,7 +581,7 @@ def bench_real(opts: Options) -> tuple[list[Series], list[Memory]]:
     """pymap-deliver into a real pymap, interleaved with raw Append loads at
     the same concurrency into users of their own (so both start from
     mailboxes of the same size)."""
-    from pymap_deliver.localpymap import PymapServer, pymap_executable
+    from devstack.localpymap import PymapServer, pymap_executable
 
     results: list[Series] = []
     memory: list[Memory] = []

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from pymap_admin import AdminClient, ConnectionSettings
-from pymap_deliver.localpymap import (
+from devstack.localpymap import (
     PymapServer,
     TLSFiles,
     cleanup,
     make_maildir_server,
     pymap_executable,
 )
+from pymap_admin import AdminClient, ConnectionSettings
 
 from ._require import require
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pymap_deliver.localpymap import REPO, free_port
+from devstack.localpymap import REPO, free_port
 
 CONTRIB = REPO / "contrib" / "postfix"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"

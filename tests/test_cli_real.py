@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pymap_deliver.localpymap import DEMO_USER, PymapServer, TLSFiles
+from devstack.localpymap import DEMO_USER, PymapServer, TLSFiles
 
 SCRIPT = Path(sys.executable).parent / "pymap-admin"
 

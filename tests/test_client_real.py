@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.localpymap import DEMO_USER, PymapServer, TLSFiles
 from pymap_admin import (
     AdminClient,
     AppendFailure,
@@ -29,7 +30,6 @@ from pymap_admin import (
     inspect_token,
 )
 from pymap_admin.tokens import RequestTokens, TokenSource
-from pymap_deliver.localpymap import DEMO_USER, PymapServer, TLSFiles
 
 from .conftest import socket_settings, tcp_settings
 

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from devstack.localpymap import DEMO_USER, PymapServer, free_port
 from pymap_admin import AdminClient
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
-from pymap_deliver.localpymap import DEMO_USER, PymapServer, free_port
 from pymap_deliver.recipients import RecipientRules
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 

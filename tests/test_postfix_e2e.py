@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.localpymap import DEMO_USER, REPO, PymapServer, TLSFiles, free_port
 from pymap_admin import AdminClient
-from pymap_deliver.localpymap import DEMO_USER, REPO, PymapServer, TLSFiles, free_port
 
 from ._require import require, require_tool
 from .conftest import create_user, require_pymap, socket_settings

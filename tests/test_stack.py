@@ -11,7 +11,7 @@ from .conftest import require_pymap
 
 def test_local_stack_delivers_and_stops_on_ctrl_c() -> None:
     require_pymap()
-    process = subprocess.Popen([sys.executable, "-m", "pymap_deliver.stack",
+    process = subprocess.Popen([sys.executable, "-m", "devstack.stack",
                                 "--log-level", "WARNING"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None

@@ -23,14 +23,19 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from devstack.localpymap import DEMO_PASSWORD, DEMO_USER, PymapServer, free_port
 from pymap_admin import AdminClient, ConnectionSettings
+from pymap_deliver.delivery import DeliveryOptions, PymapBackend
+from pymap_deliver.main import configure_logging
+from pymap_deliver.server import (
+    DeliveryServer,
+    ServerConfig,
+    TcpEndpoint,
+    UnixEndpoint,
+    install_signal_handlers,
+)
 
-from .delivery import DeliveryOptions, PymapBackend
-from .localpymap import DEMO_PASSWORD, DEMO_USER, PymapServer, free_port
-from .main import configure_logging
-from .server import DeliveryServer, ServerConfig, TcpEndpoint, UnixEndpoint, install_signal_handlers
-
-log = logging.getLogger("pymap_deliver.stack")
+log = logging.getLogger("devstack.stack")
 
 
 def sample_message() -> bytes:
@@ -98,7 +103,7 @@ def _lmtp_reply(port: int, data: bytes) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pymap_deliver.stack",
+    parser = argparse.ArgumentParser(prog="python -m devstack.stack",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0,
                         help="LMTP TCP port on 127.0.0.1 (default: a free one)")
