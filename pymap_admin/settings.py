@@ -106,6 +106,12 @@ class ConnectionSettings:
     no_verify_cert: bool = False
     tls: bool | None = None
     timeout: float = DEFAULT_TIMEOUT
+    #: Use a login token per user where the admin token would cost 0.3 s a
+    #: call (pymap_admin.logintokens).
+    login_tokens: bool = True
+    #: Where login tokens are kept between processes: a folder, or "none"
+    #: for memory only. None: ``$XDG_CACHE_HOME/pymap/login-tokens``.
+    token_cache: str | None = None
 
     def __post_init__(self) -> None:
         if self.port is not None and not 0 < self.port < 65536:
@@ -147,6 +153,16 @@ class ConnectionSettings:
         """The token file: as named, or the first one found."""
         return self.token_file if self.token_file is not None else discover(TOKEN_NAME)
 
+    def token_cache_path(self) -> Path | None:
+        """The login-token cache folder, or None when switched off."""
+        if self.token_cache is None:
+            from .logintokens import default_cache_folder
+
+            return default_cache_folder()
+        if self.token_cache.strip().lower() in ("", "none", "off", "no"):
+            return None
+        return Path(self.token_cache).expanduser()
+
     def ssl_context(self) -> ssl.SSLContext:
         import ssl
 
@@ -180,6 +196,8 @@ _SOURCES: Mapping[str, tuple[str, str]] = {
     "no_verify_cert": ("PYMAP_ADMIN_NO_VERIFY_CERT", "bool"),
     "tls": ("PYMAP_ADMIN_TLS", "bool"),
     "timeout": ("PYMAP_ADMIN_TIMEOUT", "float"),
+    "login_tokens": ("PYMAP_ADMIN_LOGIN_TOKENS", "bool"),
+    "token_cache": ("PYMAP_ADMIN_TOKEN_CACHE", "str"),
 }
 
 #: The keys of the config file, in the order save-args writes them; also the
