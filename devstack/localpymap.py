@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,10 @@ class PymapServer:
 
     workdir: Path
     backend: Sequence[str] = ("dict", "--demo-data")
+    #: Global pymap options (before the backend), e.g. its SWIM settings.
+    options: Sequence[str] = ()
+    #: Extra environment of the process (e.g. SWIM_SECRET_FILE).
+    environment: Mapping[str, str] = field(default_factory=dict)
     tls: TLSFiles | None = None
     debug: bool = False
     imap_port: int = field(default_factory=free_port)
@@ -95,6 +99,7 @@ class PymapServer:
         if self.tls is not None:
             args += ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]
         args += ["--no-tls"]
+        args += list(self.options)
         args += list(self.backend)
         return args
 
@@ -104,7 +109,7 @@ class PymapServer:
         # A new token file is the sign that this process is up: drop the old one.
         with contextlib.suppress(FileNotFoundError):
             self.token_path.unlink()
-        env = {**os.environ, "TMPDIR": str(self.tmpdir)}
+        env = {**os.environ, **self.environment, "TMPDIR": str(self.tmpdir)}
         for name in [k for k in env if k.startswith("PYMAP_ADMIN")]:
             del env[name]
         log = self.log_path.open("ab")
