@@ -374,8 +374,6 @@ class LMTPSession(LMTP):
             return
         except (ConnectionError, asyncio.IncompleteReadError):
             # EOF from the peer (possibly mid-data), or a reset while writing.
-            if self.transport is not None:
-                self.transport.close()
             return
         except Exception:
             log.exception("session %s internal error", self.session_id)
@@ -385,6 +383,11 @@ class LMTPSession(LMTP):
             self._close_with(
                 f"421 4.3.0 {self.hostname} Internal error, closing connection"
             )
+        finally:
+            # Whatever ended the loop, nobody reads this connection any more:
+            # left open, it would hold its slot (and a graceful stop) forever.
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
 
     async def _read_line(self, separator: bytes) -> bytes:
         self._waiting_for_input = True

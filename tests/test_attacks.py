@@ -1,0 +1,207 @@
+"""The attacks of the Reliability issue, each replayed with its exact input
+over real sockets (DeliveryServer or the real ``pymap-deliver`` process) and,
+where the attack used it, a real pymap; deliveries are read back over IMAP.
+
+The tests are black-box on purpose: bytes in, replies out, what pymap stored.
+They must keep passing when the LMTP internals are rewritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from devstack.localpymap import DEMO_USER, PymapServer, free_port
+from pymap_admin import AdminClient
+from pymap_deliver.delivery import DeliveryOptions, PymapBackend
+from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
+
+from .conftest import socket_settings
+from .lmtp_client import LMTPClient, tcp_port
+
+HOST = "lmtp.test"
+#: A safety net against a hang, never a performance figure.
+CLOSE_TIMEOUT = 30.0
+
+
+def unique(subject: str = "attack") -> tuple[str, bytes]:
+    tag = uuid.uuid4().hex
+    return tag, (f"From: s@example.com\r\nSubject: {subject}\r\nMessage-Id: <{tag}@t>\r\n"
+                 f"\r\nbody {tag}\r\n").encode()
+
+
+def find(messages: list[bytes], tag: str) -> list[bytes]:
+    return [m for m in messages if tag.encode() in m]
+
+
+@asynccontextmanager
+async def deliver_agent(server: PymapServer, *, timeout: float = 10.0,
+                        server_config: dict[str, Any] | None = None,
+                        **options: Any) -> AsyncIterator[DeliveryServer]:
+    """pymap-deliver in this process, in front of ``server``; stopping it at
+    the end must complete (a hang fails the test)."""
+    async with AdminClient(socket_settings(server, timeout=timeout)) as client:
+        backend = PymapBackend(client, DeliveryOptions(hostname=HOST, **options))
+        config = ServerConfig(tcp=[TcpEndpoint(port=0)], hostname=HOST,
+                              **(server_config or {}))
+        agent = DeliveryServer(backend, config)
+        await agent.start()
+        try:
+            yield agent
+        finally:
+            agent.stop()
+            await asyncio.wait_for(agent.wait_closed(), CLOSE_TIMEOUT)
+
+
+async def lmtp(agent: DeliveryServer) -> LMTPClient:
+    client = await LMTPClient.tcp("127.0.0.1", tcp_port(agent))
+    assert (await client.start()).code == 250
+    return client
+
+
+def reset(client: LMTPClient) -> None:
+    """Close with a TCP reset (SO_LINGER on, zero timeout), as the attack did."""
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.writer.transport.abort()
+
+
+@contextmanager
+def frozen(server: PymapServer) -> Iterator[None]:
+    """pymap stopped with SIGSTOP (it accepts nothing, answers nothing) until
+    the block ends."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def expect_closed(client: LMTPClient) -> bytes:
+    """What the server still sends before it closes (EOF or reset)."""
+    rest = b""
+    with suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(client.reader.read(65536), CLOSE_TIMEOUT):
+            rest += chunk
+    await client.close()
+    return rest
+
+
+# -- 1. a reset during a shared lookup orphans the other session ----------------
+
+
+async def test_reset_during_shared_lookup_leaves_the_other_session_working(
+        fresh_pymap: PymapServer) -> None:
+    async with deliver_agent(fresh_pymap) as agent:
+        a, b = await lmtp(agent), await lmtp(agent)
+        for client in (a, b):
+            assert (await client.command("MAIL FROM:<s@example.com>")).code == 250
+        with frozen(fresh_pymap):
+            await a.send(b"RCPT TO:<carol>\r\n")
+            await asyncio.sleep(0.5)
+            await b.send(b"RCPT TO:<carol>\r\n")
+            await asyncio.sleep(0.5)
+            reset(a)
+            await asyncio.sleep(0.5)
+        # carol does not exist in the demo data: B gets the shared answer.
+        reply = await b.read_reply()
+        assert (reply.code, reply.enhanced) == (550, "5.1.1"), reply
+        await b.assert_no_pending_reply()
+        assert (await b.command(f"RCPT TO:<{DEMO_USER}>")).code == 250
+        await b.close()
+
+
+class DeliverProcess:
+    """The real ``pymap-deliver`` program in front of ``server``, on a free port."""
+
+    def __init__(self, server: PymapServer, tmp_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.log_path = tmp_path / f"deliver-{self.port}.log"
+        self.argv = [str(Path(sys.executable).parent / "pymap-deliver"),
+                     "--listen", f"127.0.0.1:{self.port}", "--hostname", HOST,
+                     "--path", str(server.socket_path), "--token-file", str(server.token_path),
+                     *args]
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> DeliverProcess:
+        with self.log_path.open("wb") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        for _ in range(600):
+            if self.process.returncode is not None:
+                raise AssertionError(f"pymap-deliver exited:\n{self.log}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return self
+        raise AssertionError(f"pymap-deliver did not listen:\n{self.log}")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        try:
+            return await asyncio.wait_for(self.process.wait(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            raise AssertionError(f"pymap-deliver did not exit:\n{self.log}") from None
+
+    async def client(self) -> LMTPClient:
+        client = await LMTPClient.tcp("127.0.0.1", self.port)
+        assert (await client.start()).code == 250
+        return client
+
+
+async def test_shutdown_has_a_deadline_when_the_store_hangs(fresh_pymap: PymapServer,
+                                                           tmp_path: Path) -> None:
+    """SIGTERM while a delivery waits for a frozen pymap: the process exits
+    after --shutdown-timeout, not when pymap comes back."""
+    _, data = unique()
+    async with DeliverProcess(fresh_pymap, tmp_path, "--shutdown-timeout", "1",
+                              "--timeout", "300") as agent:
+        client = await agent.client()
+        assert (await client.command("MAIL FROM:<s@example.com>")).code == 250
+        assert (await client.command(f"RCPT TO:<{DEMO_USER}>")).code == 250
+        assert (await client.command("DATA")).code == 354
+        with frozen(fresh_pymap):
+            await client.send(data + b".\r\n")
+            await asyncio.sleep(0.5)
+            agent.signal(signal.SIGTERM)
+            status = await agent.wait()
+            rest = await expect_closed(client)
+        assert status == 0, agent.log
+        # Nothing was acknowledged: the MTA retries.
+        assert b"250" not in rest
+        assert "shutdown timeout: aborting 1 sessions" in agent.log
+
+
+def test_shutdown_timeout_default_is_postfix_data_done_timeout() -> None:
+    from pymap_deliver.main import parse_args
+
+    assert ServerConfig(hostname="x").shutdown_timeout == 600.0
+    assert parse_args(["--listen", "24"]).server.shutdown_timeout == 600.0
+    assert parse_args(["--listen", "24", "--shutdown-timeout", "5"]).server.shutdown_timeout == 5
