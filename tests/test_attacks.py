@@ -21,12 +21,15 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from devstack.localpymap import DEMO_USER, PymapServer, free_port
+import pytest
+
+from devstack.localpymap import DEMO_USER, PymapServer, cleanup, free_port
 from pymap_admin import AdminClient
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
+from pymap_deliver.recipients import RecipientRules
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
-from .conftest import socket_settings
+from .conftest import create_user, require_pymap, socket_settings
 from .lmtp_client import LMTPClient, tcp_port
 
 HOST = "lmtp.test"
@@ -205,3 +208,86 @@ def test_shutdown_timeout_default_is_postfix_data_done_timeout() -> None:
     assert ServerConfig(hostname="x").shutdown_timeout == 600.0
     assert parse_args(["--listen", "24"]).server.shutdown_timeout == 600.0
     assert parse_args(["--listen", "24", "--shutdown-timeout", "5"]).server.shutdown_timeout == 5
+
+
+# -- 2. +detail reaches pymap unchecked: cross-user delivery --------------------
+
+#: The details of the attack: each must be refused as a mailbox name, and the
+#: message filed into the recipient's own INBOX.
+HOSTILE_DETAILS = ["../bob", "/../bob", "Trash/../../bob/Secret", "/", "..",
+                   "INBOX/../Trash", ".", "Work/./Sub", "Work//Sub", "Work/", "W" * 300]
+
+
+def _pymap_backend(kind: str, workdir: Path) -> tuple[str, ...]:
+    maildir = workdir / "maildir"
+    maildir.mkdir(parents=True, exist_ok=True)
+    return {"fs": ("maildir", "--layout", "fs", str(maildir)),
+            "++": ("maildir", str(maildir)),
+            "dict": ("dict",)}[kind]
+
+
+@pytest.fixture(params=["fs", "++", "dict"])
+def layout_pymap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PymapServer]:
+    """pymap on every layout it has: maildir with ``fs`` and the default
+    ``++`` layout, and the in-memory dict backend."""
+    require_pymap()
+    server = PymapServer(workdir=tmp_path / "pymap",
+                         backend=_pymap_backend(request.param, tmp_path / "pymap"))
+    server.start()
+    try:
+        yield server
+    finally:
+        cleanup(server)
+
+
+def _create_folders(server: PymapServer, user: str, *names: str) -> None:
+    conn = server.imap(user, "pw")
+    try:
+        for name in names:
+            status, detail = conn.create(name)
+            assert status == "OK", detail
+    finally:
+        conn.logout()
+
+
+async def test_detail_never_leaves_the_recipients_own_mailboxes(
+        layout_pymap: PymapServer) -> None:
+    server = layout_pymap
+    await create_user(server, "alice")
+    await create_user(server, "bob")
+    await asyncio.to_thread(_create_folders, server, "alice", "Work", "Work/Sub")
+    await asyncio.to_thread(_create_folders, server, "bob", "Secret", "Trash")
+    tags: dict[str, str] = {}
+    async with deliver_agent(server, rules=RecipientRules(delimiter="+",
+                                                          detail_mailbox=True)) as agent:
+        client = await lmtp(agent)
+        for detail in [*HOSTILE_DETAILS, "Work", "Work/Sub"]:
+            tag, data = unique()
+            rcpt = f"alice+{detail}"
+            _, replies = await client.transaction("s@example.com", [rcpt], data)
+            assert [r.code for r in replies] == [250], (detail, replies)
+            tags[detail] = tag
+        await client.close()
+    inbox = await asyncio.to_thread(server.fetch_all, "INBOX", "alice", "pw")
+    for detail in HOSTILE_DETAILS:
+        assert len(find(inbox, tags[detail])) == 1, f"alice+{detail!r} not in alice's INBOX"
+    work = await asyncio.to_thread(server.fetch_all, "Work", "alice", "pw")
+    sub = await asyncio.to_thread(server.fetch_all, "Work/Sub", "alice", "pw")
+    assert len(find(work, tags["Work"])) == 1
+    assert len(find(sub, tags["Work/Sub"])) == 1
+    for mailbox in ("INBOX", "Secret", "Trash"):
+        stored = await asyncio.to_thread(server.fetch_all, mailbox, "bob", "pw")
+        assert not any(find(stored, tag) for tag in tags.values()), mailbox
+    maildir = server.workdir / "maildir"
+    # pymap never treated the base directory (its passwd files) as a mailbox.
+    assert not (maildir / "dovecot-uidlist").exists()
+    assert not (maildir / "new").exists()
+
+
+def test_detail_rule() -> None:
+    rules = RecipientRules(delimiter="+", detail_mailbox=True)
+    for detail in [*HOSTILE_DETAILS, "a\x01b", "a\rb", "a\x7fb", "\x85x", ""]:
+        assert rules.resolve(f"alice+{detail}@example.com").mailbox is None, detail
+    for detail in ["Work", "Work/Sub", "Archive 2024", "Ünïcode", "a.b", "...x", "W" * 200]:
+        assert rules.resolve(f"alice+{detail}@example.com").mailbox == detail, detail
+    assert rules.resolve("alice+../bob@example.com").user == "alice@example.com"
