@@ -30,7 +30,7 @@ from pymap_deliver.recipients import RecipientRules
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
 from .conftest import create_user, require_pymap, socket_settings
-from .lmtp_client import LMTPClient, tcp_port
+from .lmtp_client import LMTPClient, ScriptedBackend, running_server, tcp_port
 
 HOST = "lmtp.test"
 #: A safety net against a hang, never a performance figure.
@@ -291,3 +291,33 @@ def test_detail_rule() -> None:
     for detail in ["Work", "Work/Sub", "Archive 2024", "Ünïcode", "a.b", "...x", "W" * 200]:
         assert rules.resolve(f"alice+{detail}@example.com").mailbox == detail, detail
     assert rules.resolve("alice+../bob@example.com").user == "alice@example.com"
+
+
+# -- 3. a client that never reads holds its session forever ---------------------
+
+
+async def test_client_that_never_reads_is_dropped_after_the_idle_timeout() -> None:
+    backend = ScriptedBackend()
+    async with running_server(backend, idle_timeout=1.0, max_connections=1) as server:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", tcp_port(server)))
+            flood = b"HELP\r\n" * (6 * 1024 * 1024 // 6)
+            # Blocks once every buffer is full; the server must then give up
+            # on us (a reset) rather than wait forever for us to read.
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(loop.sock_sendall(sock, flood), CLOSE_TIMEOUT)
+        finally:
+            sock.close()
+        # The one slot is free again: a new client is greeted, not refused.
+        for _ in range(100):
+            client = await LMTPClient.tcp("127.0.0.1", tcp_port(server))
+            greeting = await client.read_reply()
+            await client.close()
+            if greeting.code == 220:
+                break
+            await asyncio.sleep(0.05)
+        assert greeting.code == 220, greeting
