@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sessions at once; more get 421 (default: 100)")
     lmtp.add_argument("--idle-timeout", metavar="SECONDS", type=float, default=300.0,
                       help="close a session idle this long (default: 300, like postfix)")
+    lmtp.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=600.0,
+                      help="on SIGTERM, abort what is still open after this long "
+                           "(default: 600, postfix's lmtp_data_done_timeout)")
     lmtp.add_argument("--max-recipients", metavar="N", type=int, default=1000,
                       help="recipients per transaction (default: 1000)")
 
@@ -131,6 +134,7 @@ def parse_args(argv: Sequence[str] | None = None) -> DeliverArgs:
             max_connections=ns.max_connections,
             idle_timeout=ns.idle_timeout,
             max_recipients=ns.max_recipients,
+            shutdown_timeout=ns.shutdown_timeout,
             **extra,  # type: ignore[arg-type]
         )
         delivery = DeliveryOptions(
