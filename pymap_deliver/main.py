@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     rcpt.add_argument("--max-in-flight", metavar="N", type=int, default=256,
                       help="admin calls in flight at once, all sessions together (default: 256)")
 
+    rcpt.add_argument("--max-bytes-in-flight", metavar="BYTES", type=int,
+                      default=64 * 1024 * 1024,
+                      help="message bytes in Append calls at once, all sessions together; "
+                           "more wait their turn (default: 64 MiB)")
+
     add_connection_arguments(parser)
     parser.add_argument("--timeout", metavar="SECONDS", type=float,
                         help="deadline of each call to pymap (default: 60; keep it well "
@@ -142,6 +147,7 @@ def parse_args(argv: Sequence[str] | None = None) -> DeliverArgs:
             check_recipients=not ns.no_check_recipients,
             defer_unreachable_at_rcpt=not ns.accept_when_unreachable,
             max_in_flight=ns.max_in_flight,
+            max_bytes_in_flight=ns.max_bytes_in_flight,
         )
     except ValueError as exc:
         parser.error(str(exc))
