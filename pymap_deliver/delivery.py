@@ -148,14 +148,14 @@ class PymapBackend:
             async with self._slots:
                 await self._client.get_user(user)
         except errors.UserNotFound as exc:
-            reply: str | None = outcome_for_error(exc).reply
+            reply: str | None = str(outcome_for_error(exc).reply)
             log.info("rcpt=<%s> user=%s refused: unknown user", address, user)
         except errors.AdminError as exc:
             outcome = outcome_for_error(exc)
             log.warning("rcpt=<%s> user=%s lookup failed: %s (%s)", address, user,
                         outcome.reply, exc)
             # Not remembered: the next RCPT asks again.
-            return outcome.reply if self._options.defer_unreachable_at_rcpt else None
+            return str(outcome.reply) if self._options.defer_unreachable_at_rcpt else None
         else:
             reply = None
         self._remember(user, reply)
@@ -171,7 +171,7 @@ class PymapBackend:
     async def deliver(self, message: IncomingMessage) -> Sequence[str]:
         targets = [self._options.rules.resolve(rcpt) for rcpt in message.recipients]
         outcomes = await asyncio.gather(*(self._deliver_one(message, t) for t in targets))
-        return [outcome.reply for outcome in outcomes]
+        return [str(outcome.reply) for outcome in outcomes]
 
     async def _deliver_one(self, message: IncomingMessage, target: Target) -> Outcome:
         started = time.monotonic()
