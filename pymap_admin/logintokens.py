@@ -384,10 +384,11 @@ class LoginTokens:
                 log.warning("cannot keep a login token in %s: %s", self._folder.path, exc)
         return token
 
-    async def wait(self) -> None:
-        """Let the mints under way finish (a short-lived process, before it exits)."""
-        while self._pending:
-            await asyncio.gather(*self._pending.values(), return_exceptions=True)
+    async def wait(self, timeout: float) -> None:
+        """Let the mints under way finish (a short-lived process, before it
+        exits), for at most ``timeout`` seconds."""
+        if self._pending:
+            await asyncio.wait(list(self._pending.values()), timeout=timeout)
 
     def cancel(self) -> None:
         for task in self._pending.values():

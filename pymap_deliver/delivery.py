@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from pymap_admin import AdminClient, AppendResult, errors
 from pymap_admin.outcomes import Outcome, delivered, outcome_for_error
@@ -21,7 +24,7 @@ from .headers import trace_headers
 from .lmtp import IncomingMessage
 from .recipients import RecipientRules, Target
 
-__all__ = ["DeliveryOptions", "PymapBackend"]
+__all__ = ["ByteBudget", "DeliveryOptions", "PymapBackend"]
 
 log = logging.getLogger("pymap_deliver.delivery")
 
@@ -39,12 +42,65 @@ class DeliveryOptions:
     lookup_cache_ttl: float = 30.0
     #: The most Append/GetUser calls in flight on the channel at once.
     max_in_flight: int = 256
+    #: The most message bytes in Append calls in flight at once, all sessions
+    #: together; more calls wait their turn. Each call holds its encoded
+    #: request (about twice the message: the request and its gRPC frame)
+    #: until pymap answers, so this bounds the memory of deliveries rather
+    #: than recipients x size. A message larger than this is sent alone.
+    max_bytes_in_flight: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be positive")
+        if self.max_bytes_in_flight < 1:
+            raise ValueError("max_bytes_in_flight must be positive")
         if self.lookup_cache_ttl < 0:
             raise ValueError("lookup_cache_ttl must not be negative")
+
+
+class ByteBudget:
+    """A semaphore counted in bytes, first come first served (so a large
+    request is not starved by a stream of small ones). A request larger than
+    the whole budget waits until nothing else holds any, then runs alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        size = min(size, self.limit)
+        if self._waiters or self.used + size > self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            entry = (size, waiter)
+            self._waiters.append(entry)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._release(size)  # granted, then cancelled: give it back
+                else:
+                    self._waiters.remove(entry)
+                    self._wake()
+                raise
+        else:
+            self.used += size
+        try:
+            yield
+        finally:
+            self._release(size)
+
+    def _release(self, size: int) -> None:
+        self.used -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.limit:
+            size, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.used += size
+                waiter.set_result(None)
 
 
 class PymapBackend:
@@ -54,9 +110,10 @@ class PymapBackend:
         self._client = client
         self._options = options
         self._slots = asyncio.Semaphore(options.max_in_flight)
+        self._budget = ByteBudget(options.max_bytes_in_flight)
         # user -> (time looked up, None if it exists or the refusal reply)
         self._lookups: dict[str, tuple[float, str | None]] = {}
-        self._pending_lookups: dict[str, asyncio.Future[str | None]] = {}
+        self._pending_lookups: dict[str, asyncio.Task[str | None]] = {}
 
     # --- RCPT ------------------------------------------------------------
 
@@ -69,35 +126,36 @@ class PymapBackend:
         if cached is not None and now - cached[0] < self._options.lookup_cache_ttl:
             return cached[1]
         pending = self._pending_lookups.get(user)
-        if pending is not None:
+        if pending is None:
             # Many sessions asking for the same user at once share one call.
-            return await asyncio.shield(pending)
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending_lookups[user] = future
-        try:
-            reply = await self._look_up(address, user)
-            future.set_result(reply)
-            return reply
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: sharing sessions get it too
-            raise
-        finally:
+            # It runs as a task of its own, so that no single caller (a
+            # session whose client went away, which cancels it) can cancel
+            # the lookup the others are waiting for.
+            pending = asyncio.get_running_loop().create_task(self._look_up(address, user))
+            self._pending_lookups[user] = pending
+            pending.add_done_callback(partial(self._lookup_done, user))
+        return await asyncio.shield(pending)
+
+    def _lookup_done(self, user: str, task: asyncio.Task[str | None]) -> None:
+        if self._pending_lookups.get(user) is task:
             del self._pending_lookups[user]
+        # Retrieved here too: every caller may have gone before it ended.
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("lookup failed: %r", task.exception())
 
     async def _look_up(self, address: str, user: str) -> str | None:
         try:
             async with self._slots:
                 await self._client.get_user(user)
         except errors.UserNotFound as exc:
-            reply: str | None = outcome_for_error(exc).reply
+            reply: str | None = str(outcome_for_error(exc).reply)
             log.info("rcpt=<%s> user=%s refused: unknown user", address, user)
         except errors.AdminError as exc:
             outcome = outcome_for_error(exc)
             log.warning("rcpt=<%s> user=%s lookup failed: %s (%s)", address, user,
                         outcome.reply, exc)
             # Not remembered: the next RCPT asks again.
-            return outcome.reply if self._options.defer_unreachable_at_rcpt else None
+            return str(outcome.reply) if self._options.defer_unreachable_at_rcpt else None
         else:
             reply = None
         self._remember(user, reply)
@@ -113,7 +171,7 @@ class PymapBackend:
     async def deliver(self, message: IncomingMessage) -> Sequence[str]:
         targets = [self._options.rules.resolve(rcpt) for rcpt in message.recipients]
         outcomes = await asyncio.gather(*(self._deliver_one(message, t) for t in targets))
-        return [outcome.reply for outcome in outcomes]
+        return [str(outcome.reply) for outcome in outcomes]
 
     async def _deliver_one(self, message: IncomingMessage, target: Target) -> Outcome:
         started = time.monotonic()
@@ -153,7 +211,9 @@ class PymapBackend:
 
     async def _append(self, message: IncomingMessage, target: Target, headers: bytes,
                       mailbox: str | None) -> AppendResult:
-        async with self._slots:
+        # The budget is taken before the call, so the wait for it is not
+        # part of the call's deadline.
+        async with self._budget.reserve(len(headers) + len(message.data)), self._slots:
             # The headers go as a prefix: the message is not copied for them.
             return await self._client.append(
                 target.user, message.data, prefix=headers, sender=message.sender,

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sessions at once; more get 421 (default: 100)")
     lmtp.add_argument("--idle-timeout", metavar="SECONDS", type=float, default=300.0,
                       help="close a session idle this long (default: 300, like postfix)")
+    lmtp.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=600.0,
+                      help="on SIGTERM, abort what is still open after this long "
+                           "(default: 600, postfix's lmtp_data_done_timeout)")
     lmtp.add_argument("--max-recipients", metavar="N", type=int, default=1000,
                       help="recipients per transaction (default: 1000)")
 
@@ -99,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="accept RCPTs when pymap cannot be asked (default: defer with 451)")
     rcpt.add_argument("--max-in-flight", metavar="N", type=int, default=256,
                       help="admin calls in flight at once, all sessions together (default: 256)")
+
+    rcpt.add_argument("--max-bytes-in-flight", metavar="BYTES", type=int,
+                      default=64 * 1024 * 1024,
+                      help="message bytes in Append calls at once, all sessions together; "
+                           "more wait their turn (default: 64 MiB)")
 
     add_connection_arguments(parser)
     parser.add_argument("--timeout", metavar="SECONDS", type=float,
@@ -131,6 +139,7 @@ def parse_args(argv: Sequence[str] | None = None) -> DeliverArgs:
             max_connections=ns.max_connections,
             idle_timeout=ns.idle_timeout,
             max_recipients=ns.max_recipients,
+            shutdown_timeout=ns.shutdown_timeout,
             **extra,  # type: ignore[arg-type]
         )
         delivery = DeliveryOptions(
@@ -138,6 +147,7 @@ def parse_args(argv: Sequence[str] | None = None) -> DeliverArgs:
             check_recipients=not ns.no_check_recipients,
             defer_unreachable_at_rcpt=not ns.accept_when_unreachable,
             max_in_flight=ns.max_in_flight,
+            max_bytes_in_flight=ns.max_bytes_in_flight,
         )
     except ValueError as exc:
         parser.error(str(exc))

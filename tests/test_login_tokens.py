@@ -266,7 +266,7 @@ async def test_concurrent_clients_mint_one_token(tmp_path: Path) -> None:
     try:
         user = await new_user(server)
         cache = tmp_path / "cache"
-        clients = [AdminClient(settings(server, cache)) for _ in range(5)]
+        clients = [AdminClient(settings(server, cache), short_lived=True) for _ in range(5)]
         try:
             await asyncio.gather(*(c.append(user, message(f"m{i}"))
                                    for i, c in enumerate(clients)))
