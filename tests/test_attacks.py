@@ -386,3 +386,20 @@ async def test_pipelined_replies_are_flushed_before_each_wait_on_pymap(
     assert set(codes) <= {550, 421}, replies
     assert codes.count(550) <= 20
     assert codes.count(550) >= 1
+
+
+# -- 6. SIGHUP kills the daemon ---------------------------------------------------
+
+
+async def test_sighup_does_not_kill_the_daemon(pymap: PymapServer, tmp_path: Path) -> None:
+    tag, data = unique()
+    async with DeliverProcess(pymap, tmp_path) as agent:
+        client = await agent.client()  # serving: its signal handlers are in place
+        agent.signal(signal.SIGHUP)
+        _, replies = await client.transaction("s@example.com", [DEMO_USER], data)
+        assert [r.code for r in replies] == [250]
+        await client.quit()
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait() == 0, agent.log
+    assert "SIGHUP" in agent.log
+    assert len(find(await asyncio.to_thread(pymap.fetch_all), tag)) == 1
