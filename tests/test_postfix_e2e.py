@@ -67,7 +67,7 @@ def start_agent(server: PymapServer, postfix: PostfixInstance, workdir: Path, po
              "--unix", str(unix_path), "--unix-owner", "postfix", "--unix-mode", "0600",
              "--listen", f"127.0.0.1:{port}", "--local-part-only", "--hostname", "lmtp.test",
              "--path", str(server.socket_path), "--token-file", str(server.token_path),
-             "--timeout", "10"],
+             "--timeout", "10", "--allow-root"],
             stdout=out, stderr=out, env={**os.environ})
     deadline = time.monotonic() + 30
     while not unix_path.exists():
