@@ -140,6 +140,9 @@ _OWN: tuple[Option, ...] = (
            section=LMTP),
     Option("max_recipients", at_least(1), "recipients per transaction (default: 1000)",
            flag="--max-recipients", metavar="N", default=1000, section=LMTP),
+    Option("shutdown_timeout", positive, "on SIGTERM, abort what is still open after this "
+           "long (default: 600, postfix's lmtp_data_done_timeout)", flag="--shutdown-timeout",
+           metavar="SECONDS", default=600.0, section=LMTP),
     Option("local_part_only", text, "the pymap user is the local part, not the whole "
            "address", flag="--local-part-only", switch=True, default=False,
            section=RECIPIENTS),
@@ -362,6 +365,7 @@ def build(ns: argparse.Namespace, file: Path | None) -> DaemonConfig:
         max_connections=values["max_connections"],
         idle_timeout=values["idle_timeout"],
         max_recipients=values["max_recipients"],
+        shutdown_timeout=values["shutdown_timeout"],
     )
     delivery = DeliveryOptions(
         hostname=server.hostname, rules=rules,

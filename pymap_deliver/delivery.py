@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from pymap_admin import AdminClient, AppendResult, errors
 from pymap_admin.outcomes import Outcome, delivered, outcome_for_error
@@ -56,7 +57,7 @@ class PymapBackend:
         self._slots = asyncio.Semaphore(options.max_in_flight)
         # user -> (time looked up, None if it exists or the refusal reply)
         self._lookups: dict[str, tuple[float, str | None]] = {}
-        self._pending_lookups: dict[str, asyncio.Future[str | None]] = {}
+        self._pending_lookups: dict[str, asyncio.Task[str | None]] = {}
         #: Admin calls under way (for the status line and metrics).
         self.in_flight = 0
 
@@ -80,21 +81,22 @@ class PymapBackend:
         if cached is not None and now - cached[0] < self._options.lookup_cache_ttl:
             return cached[1]
         pending = self._pending_lookups.get(user)
-        if pending is not None:
+        if pending is None:
             # Many sessions asking for the same user at once share one call.
-            return await asyncio.shield(pending)
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending_lookups[user] = future
-        try:
-            reply = await self._look_up(address, user)
-            future.set_result(reply)
-            return reply
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: sharing sessions get it too
-            raise
-        finally:
+            # It runs as a task of its own, so that no single caller (a
+            # session whose client went away, which cancels it) can cancel
+            # the lookup the others are waiting for.
+            pending = asyncio.get_running_loop().create_task(self._look_up(address, user))
+            self._pending_lookups[user] = pending
+            pending.add_done_callback(partial(self._lookup_done, user))
+        return await asyncio.shield(pending)
+
+    def _lookup_done(self, user: str, task: asyncio.Task[str | None]) -> None:
+        if self._pending_lookups.get(user) is task:
             del self._pending_lookups[user]
+        # Retrieved here too: every caller may have gone before it ended.
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("lookup failed: %r", task.exception())
 
     async def _look_up(self, address: str, user: str) -> str | None:
         try:

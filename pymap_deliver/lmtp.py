@@ -114,6 +114,12 @@ _ERROR_LIMIT: Final = 20
 
 _DATA_END: Final = b".\r\n"
 
+# Replies queued while pipelined commands are pending are written once they
+# reach this size, so that a client sending commands without reading the
+# replies makes us buffer at most this much (plus the transport's own
+# high-water mark) before we stop reading from it.
+_OUTPUT_FLUSH_SIZE: Final = 16 * 1024
+
 
 def _valid_reply(line: object, *, classes: str = "245") -> bool:
     if not isinstance(line, str):
@@ -217,9 +223,11 @@ class LMTPSession(LMTP):
         self._body_8bitmime = False
         self._smtputf8 = False
         self._out: list[bytes] = []
+        self._out_size = 0
         self._last_activity = loop.time()
         self._waiting_for_command = False
         self._waiting_for_input = False
+        self._waiting_for_output = False
         self._stopping = False
         self._errors = 0
         self._delivery_task: asyncio.Task[Sequence[str]] | None = None
@@ -309,13 +317,19 @@ class LMTPSession(LMTP):
         # which costs nothing per data line; only waiting for the client counts.
         if self.transport is None:
             return
-        if not self._waiting_for_input:
+        if not (self._waiting_for_input or self._waiting_for_output):
             # Busy (our backend, or processing): not the client's idleness.
             self._reset_timeout()
             return
         idle = self.loop.time() - self._last_activity
         if idle < self._timeout_duration:
             self._reset_timeout(self._timeout_duration - idle)
+            return
+        if self._waiting_for_output:
+            # The client does not read its replies: a 421 would not be read
+            # either. Drop it, so it cannot hold a slot (and a stop) forever.
+            log.info("session %s write timeout: the client does not read", self.session_id)
+            self.abort()
             return
         log.info("session %s idle timeout", self.session_id)
         self._close_with(R_TIMEOUT.format(host=self.hostname))
@@ -335,14 +349,27 @@ class LMTPSession(LMTP):
             code, text = line[:3], line[4:]
             cls = code[:1] if code[:1] in (b"2", b"4", b"5") else b"5"
             line = code + line[3:4] + cls + b".0.0 " + text
-        self._out.append(line + b"\r\n")
+        self._queue(line + b"\r\n")
+
+    def _queue(self, line: bytes) -> None:
+        self._out.append(line)
+        self._out_size += len(line)
 
     async def _flush(self) -> None:
         if self._out:
             data = b"".join(self._out)
             self._out.clear()
+            self._out_size = 0
             self._writer.write(data)
-            await self._writer.drain()
+            # The write deadline: waiting for the client to take our replies
+            # counts as its idleness, from now (see _timeout_cb).
+            self._waiting_for_output = True
+            self._last_activity = self.loop.time()
+            try:
+                await self._writer.drain()
+            finally:
+                self._waiting_for_output = False
+                self._last_activity = self.loop.time()
 
     def _input_pending(self) -> bool:
         # Under PIPELINING the client may already have sent the next command;
@@ -363,7 +390,7 @@ class LMTPSession(LMTP):
                     await self._flush()
                     self.transport.close()
                     return
-                if not self._input_pending():
+                if not self._input_pending() or self._out_size >= _OUTPUT_FLUSH_SIZE:
                     await self._flush()
                 line = await self._read_command()
                 if line is None:
@@ -374,8 +401,6 @@ class LMTPSession(LMTP):
             return
         except (ConnectionError, asyncio.IncompleteReadError):
             # EOF from the peer (possibly mid-data), or a reset while writing.
-            if self.transport is not None:
-                self.transport.close()
             return
         except Exception:
             log.exception("session %s internal error", self.session_id)
@@ -385,6 +410,11 @@ class LMTPSession(LMTP):
             self._close_with(
                 f"421 4.3.0 {self.hostname} Internal error, closing connection"
             )
+        finally:
+            # Whatever ended the loop, nobody reads this connection any more:
+            # left open, it would hold its slot (and a graceful stop) forever.
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
 
     async def _read_line(self, separator: bytes) -> bytes:
         self._waiting_for_input = True
@@ -464,9 +494,9 @@ class LMTPSession(LMTP):
             "8BITMIME",
             f"SIZE {self.options.data_size_limit}",
         ):
-            self._out.append(f"250-{keyword}\r\n".encode())
+            self._queue(f"250-{keyword}\r\n".encode())
         # Written around push(): RFC 2034 puts no enhanced code on these lines.
-        self._out.append(b"250 SMTPUTF8\r\n")
+        self._queue(b"250 SMTPUTF8\r\n")
 
     async def smtp_HELO(self, arg: str) -> None:
         await self._error("500 5.5.1 Error: this is an LMTP server, use LHLO")

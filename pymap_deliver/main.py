@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .delivery import PymapBackend
     from .server import DeliveryServer
 
-__all__ = ["Daemon", "configure_logging", "main"]
+__all__ = ["Daemon", "configure_logging", "main", "parse_args"]
 
 log = logging.getLogger("pymap_deliver")
 
@@ -217,6 +217,11 @@ def _reopen_log_files() -> None:
             old = handler.setStream(reopened)
             if old is not None:
                 old.close()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> DaemonConfig:
+    """The effective configuration of a command line (and its config file)."""
+    return load(argv)[1]
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,

@@ -11,7 +11,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["RecipientRules", "Target"]
+__all__ = ["MAX_DETAIL_MAILBOX", "RecipientRules", "Target", "is_mailbox_name"]
+
+#: pymap's hierarchy separator, on every backend.
+MAILBOX_SEPARATOR = "/"
+#: The longest detail taken as a mailbox name, in characters. Folder names
+#: are short; a long one is an attack or a mistake, and INBOX is safe.
+MAX_DETAIL_MAILBOX = 255
+
+
+def is_mailbox_name(name: str) -> bool:
+    """True when ``name`` is a mailbox name and nothing else: every component
+    between separators is a real name (not empty, not ``.`` or ``..``, so no
+    leading, trailing or doubled separator and no way out of the user's own
+    folders on a file-system layout), with no control characters, and the
+    whole is at most :data:`MAX_DETAIL_MAILBOX` characters.
+
+    This is the one place holding the rule: an address detail that fails it
+    is not a mailbox, and the message goes to INBOX.
+    """
+    if not name or len(name) > MAX_DETAIL_MAILBOX or any(_is_control(c) for c in name):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split(MAILBOX_SEPARATOR))
+
+
+def _is_control(char: str) -> bool:
+    # C0, DEL and C1; other non-printables (spaces of other scripts) are names.
+    return ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +56,8 @@ class RecipientRules:
     #: Characters that separate the user from a detail, e.g. ``"+"`` (postfix's
     #: ``recipient_delimiter`` may list several); empty for none.
     delimiter: str = ""
-    #: File mail for ``user+Folder`` into ``Folder`` (INBOX if it does not exist).
+    #: File mail for ``user+Folder`` into ``Folder`` (INBOX if it does not
+    #: exist, or if the detail is not a mailbox name: :func:`is_mailbox_name`).
     detail_mailbox: bool = False
 
     def __post_init__(self) -> None:
@@ -53,5 +80,5 @@ class RecipientRules:
             user = local
         else:
             user = f"{local}@{domain.lower()}"
-        mailbox = detail if self.detail_mailbox and detail else None
+        mailbox = detail if self.detail_mailbox and detail and is_mailbox_name(detail) else None
         return Target(address=address, user=user, mailbox=mailbox)

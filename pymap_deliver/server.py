@@ -78,9 +78,12 @@ class ServerConfig:
     ``idle_timeout``: 300 s, postfix's smtpd_timeout; only time spent waiting
     for the client counts, not time spent delivering.
 
-    ``shutdown_timeout``: None waits for transactions in flight however long
-    they take (the backend has its own deadlines); a number aborts whatever
-    is still open that many seconds after :meth:`DeliveryServer.stop`.
+    ``shutdown_timeout``: 600 s, postfix's lmtp_data_done_timeout: the MTA
+    has given up on a transaction by then anyway. That many seconds after
+    :meth:`DeliveryServer.stop`, whatever is still open is aborted and the
+    server counts as closed, even if a delivery is still waiting for the
+    backend (nothing was acknowledged for it; the MTA retries). None waits
+    however long it takes.
     """
 
     tcp: Sequence[TcpEndpoint] = ()
@@ -93,7 +96,7 @@ class ServerConfig:
     idle_timeout: float = 300.0
     max_recipients: int = 1000
     reject_undeclared_8bit: bool = False
-    shutdown_timeout: float | None = None
+    shutdown_timeout: float | None = 600.0
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -323,6 +326,10 @@ class DeliveryServer:
             log.warning("shutdown timeout: aborting %d sessions", len(self._sessions))
         for session in list(self._sessions):
             session.abort()
+        # A session whose delivery still waits for the backend reports itself
+        # closed only when the delivery ends; the deadline does not wait.
+        if self._closed is not None:
+            self._closed.set()
 
     async def wait_closed(self) -> None:
         """Return once stopped and every session (and its delivery) is over."""

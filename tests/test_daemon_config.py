@@ -188,7 +188,7 @@ def test_the_contrib_example_is_valid() -> None:
     except KeyError:
         pytest.skip("no postfix user here")
     example = Path(__file__).parent.parent / "contrib/pymap-deliver/pymap-deliver.conf"
-    status, out, err = run_main("--config", str(example), "--check-config")
+    status, _, err = run_main("--config", str(example), "--check-config")
     assert status == 0, err
     _, config = load(["--config", str(example)], environ={})
     assert config.server.unix[0].owner == "postfix" and config.delivery.rules.local_part_only

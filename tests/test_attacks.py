@@ -1,0 +1,323 @@
+"""The attacks of the Reliability issue, each replayed with its exact input
+over real sockets (DeliveryServer or the real ``pymap-deliver`` process) and,
+where the attack used it, a real pymap; deliveries are read back over IMAP.
+
+The tests are black-box on purpose: bytes in, replies out, what pymap stored.
+They must keep passing when the LMTP internals are rewritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.localpymap import DEMO_USER, PymapServer, cleanup, free_port
+from pymap_admin import AdminClient
+from pymap_deliver.delivery import DeliveryOptions, PymapBackend
+from pymap_deliver.recipients import RecipientRules
+from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
+
+from .conftest import create_user, require_pymap, socket_settings
+from .lmtp_client import LMTPClient, ScriptedBackend, running_server, tcp_port
+
+HOST = "lmtp.test"
+#: A safety net against a hang, never a performance figure.
+CLOSE_TIMEOUT = 30.0
+
+
+def unique(subject: str = "attack") -> tuple[str, bytes]:
+    tag = uuid.uuid4().hex
+    return tag, (f"From: s@example.com\r\nSubject: {subject}\r\nMessage-Id: <{tag}@t>\r\n"
+                 f"\r\nbody {tag}\r\n").encode()
+
+
+def find(messages: list[bytes], tag: str) -> list[bytes]:
+    return [m for m in messages if tag.encode() in m]
+
+
+@asynccontextmanager
+async def deliver_agent(server: PymapServer, *, timeout: float = 10.0,
+                        server_config: dict[str, Any] | None = None,
+                        **options: Any) -> AsyncIterator[DeliveryServer]:
+    """pymap-deliver in this process, in front of ``server``; stopping it at
+    the end must complete (a hang fails the test)."""
+    async with AdminClient(socket_settings(server, timeout=timeout)) as client:
+        backend = PymapBackend(client, DeliveryOptions(hostname=HOST, **options))
+        config = ServerConfig(tcp=[TcpEndpoint(port=0)], hostname=HOST,
+                              **(server_config or {}))
+        agent = DeliveryServer(backend, config)
+        await agent.start()
+        try:
+            yield agent
+        finally:
+            agent.stop()
+            await asyncio.wait_for(agent.wait_closed(), CLOSE_TIMEOUT)
+
+
+async def lmtp(agent: DeliveryServer) -> LMTPClient:
+    client = await LMTPClient.tcp("127.0.0.1", tcp_port(agent))
+    assert (await client.start()).code == 250
+    return client
+
+
+def reset(client: LMTPClient) -> None:
+    """Close with a TCP reset (SO_LINGER on, zero timeout), as the attack did."""
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.writer.transport.abort()
+
+
+@contextmanager
+def frozen(server: PymapServer) -> Iterator[None]:
+    """pymap stopped with SIGSTOP (it accepts nothing, answers nothing) until
+    the block ends."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def expect_closed(client: LMTPClient) -> bytes:
+    """What the server still sends before it closes (EOF or reset)."""
+    rest = b""
+    with suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(client.reader.read(65536), CLOSE_TIMEOUT):
+            rest += chunk
+    await client.close()
+    return rest
+
+
+# -- 1. a reset during a shared lookup orphans the other session ----------------
+
+
+async def test_reset_during_shared_lookup_leaves_the_other_session_working(
+        fresh_pymap: PymapServer) -> None:
+    async with deliver_agent(fresh_pymap) as agent:
+        a, b = await lmtp(agent), await lmtp(agent)
+        for client in (a, b):
+            assert (await client.command("MAIL FROM:<s@example.com>")).code == 250
+        with frozen(fresh_pymap):
+            await a.send(b"RCPT TO:<carol>\r\n")
+            await asyncio.sleep(0.5)
+            await b.send(b"RCPT TO:<carol>\r\n")
+            await asyncio.sleep(0.5)
+            reset(a)
+            await asyncio.sleep(0.5)
+        # carol does not exist in the demo data: B gets the shared answer.
+        reply = await b.read_reply()
+        assert (reply.code, reply.enhanced) == (550, "5.1.1"), reply
+        await b.assert_no_pending_reply()
+        assert (await b.command(f"RCPT TO:<{DEMO_USER}>")).code == 250
+        await b.close()
+
+
+class DeliverProcess:
+    """The real ``pymap-deliver`` program in front of ``server``, on a free port."""
+
+    def __init__(self, server: PymapServer, tmp_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.log_path = tmp_path / f"deliver-{self.port}.log"
+        self.argv = [str(Path(sys.executable).parent / "pymap-deliver"),
+                     "--listen", f"127.0.0.1:{self.port}", "--hostname", HOST,
+                     "--path", str(server.socket_path), "--token-file", str(server.token_path),
+                     "--allow-root", *args]
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> DeliverProcess:
+        with self.log_path.open("wb") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        for _ in range(600):
+            if self.process.returncode is not None:
+                raise AssertionError(f"pymap-deliver exited:\n{self.log}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return self
+        raise AssertionError(f"pymap-deliver did not listen:\n{self.log}")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        try:
+            return await asyncio.wait_for(self.process.wait(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            raise AssertionError(f"pymap-deliver did not exit:\n{self.log}") from None
+
+    async def client(self) -> LMTPClient:
+        client = await LMTPClient.tcp("127.0.0.1", self.port)
+        assert (await client.start()).code == 250
+        return client
+
+
+async def test_shutdown_has_a_deadline_when_the_store_hangs(fresh_pymap: PymapServer,
+                                                           tmp_path: Path) -> None:
+    """SIGTERM while a delivery waits for a frozen pymap: the process exits
+    after --shutdown-timeout, not when pymap comes back."""
+    _, data = unique()
+    async with DeliverProcess(fresh_pymap, tmp_path, "--shutdown-timeout", "1",
+                              "--timeout", "300") as agent:
+        client = await agent.client()
+        assert (await client.command("MAIL FROM:<s@example.com>")).code == 250
+        assert (await client.command(f"RCPT TO:<{DEMO_USER}>")).code == 250
+        assert (await client.command("DATA")).code == 354
+        with frozen(fresh_pymap):
+            await client.send(data + b".\r\n")
+            await asyncio.sleep(0.5)
+            agent.signal(signal.SIGTERM)
+            status = await agent.wait()
+            rest = await expect_closed(client)
+        assert status == 0, agent.log
+        # Nothing was acknowledged: the MTA retries.
+        assert b"250" not in rest
+        assert "shutdown timeout: aborting 1 sessions" in agent.log
+
+
+def test_shutdown_timeout_default_is_postfix_data_done_timeout() -> None:
+    from pymap_deliver.main import parse_args
+
+    assert ServerConfig(hostname="x").shutdown_timeout == 600.0
+    assert parse_args(["--listen", "24"]).server.shutdown_timeout == 600.0
+    assert parse_args(["--listen", "24", "--shutdown-timeout", "5"]).server.shutdown_timeout == 5
+
+
+# -- 2. +detail reaches pymap unchecked: cross-user delivery --------------------
+
+#: The details of the attack: each must be refused as a mailbox name, and the
+#: message filed into the recipient's own INBOX.
+HOSTILE_DETAILS = ["../bob", "/../bob", "Trash/../../bob/Secret", "/", "..",
+                   "INBOX/../Trash", ".", "Work/./Sub", "Work//Sub", "Work/", "W" * 300]
+
+
+def _pymap_backend(kind: str, workdir: Path) -> tuple[str, ...]:
+    maildir = workdir / "maildir"
+    maildir.mkdir(parents=True, exist_ok=True)
+    return {"fs": ("maildir", "--layout", "fs", str(maildir)),
+            "++": ("maildir", str(maildir)),
+            "dict": ("dict",)}[kind]
+
+
+@pytest.fixture(params=["fs", "++", "dict"])
+def layout_pymap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PymapServer]:
+    """pymap on every layout it has: maildir with ``fs`` and the default
+    ``++`` layout, and the in-memory dict backend."""
+    require_pymap()
+    server = PymapServer(workdir=tmp_path / "pymap",
+                         backend=_pymap_backend(request.param, tmp_path / "pymap"))
+    server.start()
+    try:
+        yield server
+    finally:
+        cleanup(server)
+
+
+def _create_folders(server: PymapServer, user: str, *names: str) -> None:
+    conn = server.imap(user, "pw")
+    try:
+        for name in names:
+            status, detail = conn.create(name)
+            assert status == "OK", detail
+    finally:
+        conn.logout()
+
+
+async def test_detail_never_leaves_the_recipients_own_mailboxes(
+        layout_pymap: PymapServer) -> None:
+    server = layout_pymap
+    await create_user(server, "alice")
+    await create_user(server, "bob")
+    await asyncio.to_thread(_create_folders, server, "alice", "Work", "Work/Sub")
+    await asyncio.to_thread(_create_folders, server, "bob", "Secret", "Trash")
+    tags: dict[str, str] = {}
+    async with deliver_agent(server, rules=RecipientRules(delimiter="+",
+                                                          detail_mailbox=True)) as agent:
+        client = await lmtp(agent)
+        for detail in [*HOSTILE_DETAILS, "Work", "Work/Sub"]:
+            tag, data = unique()
+            rcpt = f"alice+{detail}"
+            _, replies = await client.transaction("s@example.com", [rcpt], data)
+            assert [r.code for r in replies] == [250], (detail, replies)
+            tags[detail] = tag
+        await client.close()
+    inbox = await asyncio.to_thread(server.fetch_all, "INBOX", "alice", "pw")
+    for detail in HOSTILE_DETAILS:
+        assert len(find(inbox, tags[detail])) == 1, f"alice+{detail!r} not in alice's INBOX"
+    work = await asyncio.to_thread(server.fetch_all, "Work", "alice", "pw")
+    sub = await asyncio.to_thread(server.fetch_all, "Work/Sub", "alice", "pw")
+    assert len(find(work, tags["Work"])) == 1
+    assert len(find(sub, tags["Work/Sub"])) == 1
+    for mailbox in ("INBOX", "Secret", "Trash"):
+        stored = await asyncio.to_thread(server.fetch_all, mailbox, "bob", "pw")
+        assert not any(find(stored, tag) for tag in tags.values()), mailbox
+    maildir = server.workdir / "maildir"
+    # pymap never treated the base directory (its passwd files) as a mailbox.
+    assert not (maildir / "dovecot-uidlist").exists()
+    assert not (maildir / "new").exists()
+
+
+def test_detail_rule() -> None:
+    rules = RecipientRules(delimiter="+", detail_mailbox=True)
+    for detail in [*HOSTILE_DETAILS, "a\x01b", "a\rb", "a\x7fb", "\x85x", ""]:
+        assert rules.resolve(f"alice+{detail}@example.com").mailbox is None, detail
+    for detail in ["Work", "Work/Sub", "Archive 2024", "Ünïcode", "a.b", "...x", "W" * 200]:
+        assert rules.resolve(f"alice+{detail}@example.com").mailbox == detail, detail
+    assert rules.resolve("alice+../bob@example.com").user == "alice@example.com"
+
+
+# -- 3. a client that never reads holds its session forever ---------------------
+
+
+async def test_client_that_never_reads_is_dropped_after_the_idle_timeout() -> None:
+    backend = ScriptedBackend()
+    async with running_server(backend, idle_timeout=1.0, max_connections=1) as server:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", tcp_port(server)))
+            flood = b"HELP\r\n" * (6 * 1024 * 1024 // 6)
+            # Blocks once every buffer is full; the server must then give up
+            # on us (a reset) rather than wait forever for us to read.
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(loop.sock_sendall(sock, flood), CLOSE_TIMEOUT)
+        finally:
+            sock.close()
+        # The one slot is free again: a new client is greeted, not refused.
+        for _ in range(100):
+            client = await LMTPClient.tcp("127.0.0.1", tcp_port(server))
+            greeting = await client.read_reply()
+            await client.close()
+            if greeting.code == 220:
+                break
+            await asyncio.sleep(0.05)
+        assert greeting.code == 220, greeting
