@@ -161,6 +161,10 @@ _OWN: tuple[Option, ...] = (
     Option("max_in_flight", at_least(1), "admin calls in flight at once, all sessions "
            "together (default: 256)", flag="--max-in-flight", metavar="N", default=256,
            section=RECIPIENTS),
+    Option("max_bytes_in_flight", at_least(1), "message bytes in Append calls at once, all "
+           "sessions together; more wait their turn (default: 64 MiB)",
+           flag="--max-bytes-in-flight", metavar="BYTES", default=64 * MiB,
+           section=RECIPIENTS),
     Option("admin_config", path, "pymap-admin.conf to read connection settings the "
            "[pymap] section does not give (default: as pymap-admin finds it)",
            flag="--admin-config", metavar="PATH", section=PYMAP),
@@ -372,6 +376,7 @@ def build(ns: argparse.Namespace, file: Path | None) -> DaemonConfig:
         check_recipients=values["check_recipients"],
         defer_unreachable_at_rcpt=not values["accept_when_unreachable"],
         max_in_flight=values["max_in_flight"],
+        max_bytes_in_flight=values["max_bytes_in_flight"],
     )
     connection: dict[str, object | None] = {
         o.name: values[o.name] for o in OPTIONS if o.section == PYMAP and o.name != "admin_config"}

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -22,7 +24,7 @@ from .headers import trace_headers
 from .lmtp import IncomingMessage
 from .recipients import RecipientRules, Target
 
-__all__ = ["DeliveryOptions", "PymapBackend"]
+__all__ = ["ByteBudget", "DeliveryOptions", "PymapBackend"]
 
 log = logging.getLogger("pymap_deliver.delivery")
 
@@ -40,12 +42,65 @@ class DeliveryOptions:
     lookup_cache_ttl: float = 30.0
     #: The most Append/GetUser calls in flight on the channel at once.
     max_in_flight: int = 256
+    #: The most message bytes in Append calls in flight at once, all sessions
+    #: together; more calls wait their turn. Each call holds its encoded
+    #: request (about twice the message: the request and its gRPC frame)
+    #: until pymap answers, so this bounds the memory of deliveries rather
+    #: than recipients x size. A message larger than this is sent alone.
+    max_bytes_in_flight: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be positive")
+        if self.max_bytes_in_flight < 1:
+            raise ValueError("max_bytes_in_flight must be positive")
         if self.lookup_cache_ttl < 0:
             raise ValueError("lookup_cache_ttl must not be negative")
+
+
+class ByteBudget:
+    """A semaphore counted in bytes, first come first served (so a large
+    request is not starved by a stream of small ones). A request larger than
+    the whole budget waits until nothing else holds any, then runs alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        size = min(size, self.limit)
+        if self._waiters or self.used + size > self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            entry = (size, waiter)
+            self._waiters.append(entry)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._release(size)  # granted, then cancelled: give it back
+                else:
+                    self._waiters.remove(entry)
+                    self._wake()
+                raise
+        else:
+            self.used += size
+        try:
+            yield
+        finally:
+            self._release(size)
+
+    def _release(self, size: int) -> None:
+        self.used -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.limit:
+            size, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.used += size
+                waiter.set_result(None)
 
 
 class PymapBackend:
@@ -55,6 +110,7 @@ class PymapBackend:
         self._client = client
         self._options = options
         self._slots = asyncio.Semaphore(options.max_in_flight)
+        self._budget = ByteBudget(options.max_bytes_in_flight)
         # user -> (time looked up, None if it exists or the refusal reply)
         self._lookups: dict[str, tuple[float, str | None]] = {}
         self._pending_lookups: dict[str, asyncio.Task[str | None]] = {}
@@ -66,6 +122,8 @@ class PymapBackend:
         their slot in the old bound, which they release when they finish."""
         if options.max_in_flight != self._options.max_in_flight:
             self._slots = asyncio.Semaphore(options.max_in_flight)
+        if options.max_bytes_in_flight != self._options.max_bytes_in_flight:
+            self._budget = ByteBudget(options.max_bytes_in_flight)
         if options.rules != self._options.rules:
             self._lookups.clear()
         self._options = options
@@ -107,14 +165,14 @@ class PymapBackend:
                 finally:
                     self.in_flight -= 1
         except errors.UserNotFound as exc:
-            reply: str | None = outcome_for_error(exc).reply
+            reply: str | None = str(outcome_for_error(exc).reply)
             log.info("rcpt=<%s> user=%s refused: unknown user", address, user)
         except errors.AdminError as exc:
             outcome = outcome_for_error(exc)
             log.warning("rcpt=<%s> user=%s lookup failed: %s (%s)", address, user,
                         outcome.reply, exc)
             # Not remembered: the next RCPT asks again.
-            return outcome.reply if self._options.defer_unreachable_at_rcpt else None
+            return str(outcome.reply) if self._options.defer_unreachable_at_rcpt else None
         else:
             reply = None
         self._remember(user, reply)
@@ -130,7 +188,7 @@ class PymapBackend:
     async def deliver(self, message: IncomingMessage) -> Sequence[str]:
         targets = [self._options.rules.resolve(rcpt) for rcpt in message.recipients]
         outcomes = await asyncio.gather(*(self._deliver_one(message, t) for t in targets))
-        return [outcome.reply for outcome in outcomes]
+        return [str(outcome.reply) for outcome in outcomes]
 
     async def _deliver_one(self, message: IncomingMessage, target: Target) -> Outcome:
         started = time.monotonic()
@@ -170,7 +228,9 @@ class PymapBackend:
 
     async def _append(self, message: IncomingMessage, target: Target, headers: bytes,
                       mailbox: str | None) -> AppendResult:
-        async with self._slots:
+        # The budget is taken before the call, so the wait for it is not
+        # part of the call's deadline.
+        async with self._budget.reserve(len(headers) + len(message.data)), self._slots:
             self.in_flight += 1
             try:
                 # The headers go as a prefix: the message is not copied for them.

@@ -76,6 +76,9 @@ class PostfixInstance:
     main_cf_extra: str
     master_cf_extra: str = ""
     smtp_port: int = field(default_factory=free_port)
+    #: Clients trusted to relay and not subject to recipient verification;
+    #: a test of the restrictions puts the test client outside.
+    mynetworks: str = "127.0.0.0/8"
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pymap-postfix-")))
 
     def __post_init__(self) -> None:
@@ -109,7 +112,7 @@ myhostname = mx.pymap.test
 mydomain = pymap.test
 myorigin = $myhostname
 mydestination = $myhostname, localhost
-mynetworks = 127.0.0.0/8
+mynetworks = {self.mynetworks}
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 smtpd_banner = $myhostname ESMTP

@@ -24,13 +24,16 @@ from typing import Any
 import pytest
 
 from devstack.localpymap import DEMO_USER, PymapServer, cleanup, free_port
-from pymap_admin import AdminClient
+from pymap_admin import AdminClient, ConnectionSettings
+from pymap_admin.grpc import admin_pb2 as pb
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
 from pymap_deliver.recipients import RecipientRules
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
 from .conftest import create_user, require_pymap, socket_settings
+from .fake_admin import FakeAdmin, RunningFake, success
 from .lmtp_client import LMTPClient, ScriptedBackend, running_server, tcp_port
+from .test_tokens import admin_token
 
 HOST = "lmtp.test"
 #: A safety net against a hang, never a performance figure.
@@ -321,3 +324,36 @@ async def test_client_that_never_reads_is_dropped_after_the_idle_timeout() -> No
                 break
             await asyncio.sleep(0.05)
         assert greeting.code == 220, greeting
+
+
+# -- 4. memory grows as recipients x size ------------------------------------------
+
+
+async def test_append_bytes_in_flight_are_bounded(tmp_path: Path) -> None:
+    """One transaction, 20 recipients, 1 MB: with a 4 MiB budget at most four
+    Appends are in flight at once, and every recipient is still delivered.
+    (The memory figures themselves are in benchmarks/memory.py.)"""
+    fake = FakeAdmin()
+
+    async def slow_append(request: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return pb.AppendResponse(result=success("Append OK completed."), mailbox="INBOX",
+                                 validity=1, uid=1)
+
+    fake.script["Append"] = slow_append
+    token = tmp_path / "token"
+    token.write_text(admin_token())
+    body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 1000
+    async with RunningFake(fake, tmp_path / "fake.sock"), AdminClient(
+            ConnectionSettings(path=tmp_path / "fake.sock", token_file=token,
+                               timeout=30)) as admin:
+        backend = PymapBackend(admin, DeliveryOptions(
+            hostname=HOST, check_recipients=False, max_bytes_in_flight=4 * 1024 * 1024))
+        async with DeliveryServer(backend, ServerConfig(tcp=[TcpEndpoint(port=0)],
+                                                        hostname=HOST)) as agent:
+            client = await lmtp(agent)
+            _, replies = await client.transaction("s@example.com", ["alice"] * 20, body)
+            await client.close()
+    assert [r.code for r in replies] == [250] * 20
+    assert len([c for c in fake.calls if c.method == "Append"]) == 20
+    assert 1 <= fake.max_in_flight <= 4

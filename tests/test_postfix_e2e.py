@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,8 @@ class Agent:
         return self.process.wait()
 
 
-def start_agent(server: PymapServer, postfix: PostfixInstance, workdir: Path, port: int
-                ) -> Agent:
+def start_agent(server: PymapServer, postfix: PostfixInstance, workdir: Path, port: int,
+                *, local_part_only: bool = True) -> Agent:
     """pymap-deliver on TCP ``port`` and on the UNIX socket of main.cf.lmtp-unix."""
     unix_path = postfix.private / "pymap-deliver"
     unix_path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,8 @@ def start_agent(server: PymapServer, postfix: PostfixInstance, workdir: Path, po
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "pymap-deliver"),
              "--unix", str(unix_path), "--unix-owner", "postfix", "--unix-mode", "0600",
-             "--listen", f"127.0.0.1:{port}", "--local-part-only", "--hostname", "lmtp.test",
+             "--listen", f"127.0.0.1:{port}", "--hostname", "lmtp.test",
+             *(["--local-part-only"] if local_part_only else []),
              "--path", str(server.socket_path), "--token-file", str(server.token_path),
              "--timeout", "10", "--allow-root"],
             stdout=out, stderr=out, env={**os.environ})
@@ -77,12 +79,17 @@ def start_agent(server: PymapServer, postfix: PostfixInstance, workdir: Path, po
     return Agent(process, port, unix_path, log)
 
 
-def swaks(postfix: PostfixInstance, to: str, subject: str, sender: str = SENDER) -> str:
-    done = subprocess.run(
+def run_swaks(postfix: PostfixInstance, to: str, subject: str, sender: str = SENDER
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         ["swaks", "--server", "127.0.0.1", "--port", str(postfix.smtp_port), "--from", sender,
          "--to", to, "--header", f"Subject: {subject}", "--body", f"body of {subject}\n",
          "--helo", "client.pymap.test"],
         capture_output=True, text=True, timeout=60)
+
+
+def swaks(postfix: PostfixInstance, to: str, subject: str, sender: str = SENDER) -> str:
+    done = run_swaks(postfix, to, subject, sender)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -271,6 +278,9 @@ def test_sieve_reject_bounces_with_the_reason(stack: Stack) -> None:
     bounces = [m for m in pymap.fetch_all(user="alice", password="pw")
                if b"Undelivered Mail Returned to Sender" in m and b"message rejected" in m]
     assert len(bounces) == 1
+    # A bounce has the null sender, and is stored with it: pymap-deliver
+    # writes it so; pipe(8) does with null_sender= (else <MAILER-DAEMON>).
+    assert bounces[0].startswith(b"Return-Path: <>\r\n"), bounces[0][:200]
     assert not [m for m in pymap.fetch_all() if b"Subject: reject this" in m]
 
 
@@ -328,3 +338,91 @@ def test_mailbox_command_runs_as_the_recipient_with_its_own_token(
     assert b"\r\nDelivered-To: nobody@localhost\r\n" in stored
     assert b"\nFrom " not in stored.split(b"\r\n\r\n", 1)[0]
     assert stored.count(b"\n") == stored.count(b"\r\n")
+
+
+# --- the choices main.cf.lmtp-unix explains -----------------------------------
+
+VIRTUAL_DOMAIN = "virt.pymap.test"
+
+
+def _session_ids(server: PymapServer, tag: str, users: Iterable[str]) -> list[str]:
+    """The LMTP session named in pymap-deliver's Received: of each user's copy."""
+    ids = []
+    for user in users:
+        (stored,) = [m for m in server.fetch_all(user=user, password="pw") if tag.encode() in m]
+        match = re.search(rb"\tby lmtp\.test \(pymap-deliver\)[^\r]* id (\S+)\r\n", stored)
+        assert match is not None, stored[:400]
+        ids.append(match.group(1).decode())
+    return ids
+
+
+@pytest.mark.parametrize("transport", ["mailbox_transport", "virtual_transport"])
+def test_recipients_per_lmtp_session(transport: str, e2e_pymap: PymapServer,
+                                     workdir: Path) -> None:
+    """local(8) (mailbox_transport) hands pymap-deliver one recipient per
+    session; virtual_transport hands it all recipients of a message in one."""
+    names = ("alice", "bob", "carol")
+    if transport == "mailbox_transport":
+        main_cf = render("main.cf.lmtp-unix", {})
+        users, addresses = list(names), [f"{name}@localhost" for name in names]
+    else:
+        main_cf = render("main.cf.lmtp-unix", {
+            "\nmailbox_transport = lmtp:unix:private/pymap-deliver":
+                "\n#mailbox_transport = lmtp:unix:private/pymap-deliver",
+            "#virtual_mailbox_domains = example.com": f"virtual_mailbox_domains = {VIRTUAL_DOMAIN}",
+            "#virtual_transport = lmtp:unix:": "virtual_transport = lmtp:unix:",
+        })
+        users = addresses = [f"{name}@{VIRTUAL_DOMAIN}" for name in names]
+    for user in users:
+        if user not in USERS:
+            asyncio.run(create_user(e2e_pymap, user))
+    postfix = PostfixInstance(main_cf + "\ndefault_transport = error:no mail leaves the test\n")
+    agent = start_agent(e2e_pymap, postfix, workdir, free_port(),
+                        local_part_only=transport == "mailbox_transport")
+    try:
+        postfix.start()
+        assert postfix.check_output() == ""
+        tag = uuid.uuid4().hex
+        swaks(postfix, ",".join(addresses), tag)
+        postfix.wait_for(r"status=sent .*250 2\.0\.0 Message delivered", 3)
+    finally:
+        postfix.cleanup()
+        assert agent.stop() == 0
+    sessions = _session_ids(e2e_pymap, tag, users)
+    if transport == "mailbox_transport":
+        assert len(set(sessions)) == 3, sessions
+    else:
+        assert len(set(sessions)) == 1, sessions
+
+
+def test_unknown_recipient_refused_at_smtp_time(e2e_pymap: PymapServer, workdir: Path) -> None:
+    """reject_unverified_recipient (main.cf.lmtp-unix): postfix probes
+    pymap-deliver's RCPT check and refuses an unknown user in the SMTP
+    dialogue; nothing is accepted for it, so nothing is bounced."""
+    # The test client is not in mynetworks: it is treated as the internet.
+    postfix = PostfixInstance(render("main.cf.lmtp-unix", {})
+                              + "\ndefault_transport = error:no mail leaves the test\n",
+                              mynetworks="192.0.2.0/24")
+    agent = start_agent(e2e_pymap, postfix, workdir, free_port())
+    try:
+        postfix.start()
+        assert postfix.check_output() == ""
+        tag = uuid.uuid4().hex
+        done = run_swaks(postfix, "nosuchuser@localhost", tag)
+        assert done.returncode != 0
+        # swaks marks a failure reply "<**"; the 550 comes at RCPT, before DATA.
+        refusal = re.search(r"<\*\* +550 5\.1\.1 <nosuchuser@localhost>: Recipient address "
+                            r"rejected: .*User unknown", done.stdout)
+        assert refusal is not None, done.stdout
+        assert "-> DATA" not in done.stdout
+        # A known user in the same set-up still gets mail (its probe passes).
+        swaks(postfix, "alice@localhost", tag)
+        postfix.wait_for(r"to=<alice@localhost>.*status=sent", 1)
+        log = postfix.log()
+    finally:
+        postfix.cleanup()
+        assert agent.stop() == 0
+    assert re.search(r"reject: RCPT from .*<nosuchuser@localhost>.*undeliverable", log), log
+    assert "status=bounced" not in log
+    assert "sender non-delivery notification" not in log
+    assert count(e2e_pymap, tag, "alice") == 1
