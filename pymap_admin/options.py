@@ -58,6 +58,9 @@ class Option(NamedTuple):
     #: Given several times on the command line, a list in a config file
     #: (comma or white space separated, as in postfix's main.cf).
     repeatable: bool = False
+    #: A repeatable option kept as one comma-separated value of its type,
+    #: the form the environment uses too; given once, exactly that value.
+    joined: bool = False
     #: Argparse group title; for the daemon also the config-file section.
     section: str = ""
     #: Written by save-args to pymap-admin.conf.
@@ -70,7 +73,7 @@ class Option(NamedTuple):
 
     def convert(self, raw: str) -> Any:
         """A config-file or environment value; repeatable ones split into a list."""
-        if self.repeatable:
+        if self.repeatable and not self.joined:
             return [self.parse(item) for item in raw.replace(",", " ").split()]
         if self.switch:
             return parse_bool(raw)
@@ -143,12 +146,14 @@ CONNECTION_OPTIONS: tuple[Option, ...] = (
     Option("config", path, "connection config file "
            "(default: ~/.config/pymap/pymap-admin.conf)", flag="--config",
            env="PYMAP_ADMIN_CONFIG", metavar="PATH", saved=False),
-    Option("host", text, "server host (TCP, always TLS)", flag="--host",
-           env="PYMAP_ADMIN_HOST", metavar="HOST"),
+    Option("host", text, "server host (TCP, always TLS); repeat it for the members of a "
+           "pymap cluster", flag="--host", env="PYMAP_ADMIN_HOST", metavar="HOST[:PORT]",
+           repeatable=True, joined=True),
     Option("port", port, "server port (default: 50051)", flag="--port",
            env="PYMAP_ADMIN_PORT", metavar="PORT"),
-    Option("path", path, "server socket file (used as given: no fallback)", flag="--path",
-           env="PYMAP_ADMIN_SOCKET", metavar="PATH"),
+    Option("path", path, "server socket file (used as given: no fallback); repeat it for "
+           "the members of a pymap cluster", flag="--path", env="PYMAP_ADMIN_SOCKET",
+           metavar="PATH", repeatable=True, joined=True),
     Option("token", text, "the admin or login token (never on the command line)",
            env="PYMAP_ADMIN_TOKEN", saved=False),
     Option("token_file", path, "auth token file", flag="--token-file",
@@ -202,10 +207,26 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                                 action="store_false" if option.negated else "store_true",
                                 default=default, help=text)
             continue
+        action: Any = "store"
+        if option.repeatable:
+            action = _joined_action() if option.joined else "append"
         target.add_argument(option.flag, dest=dest(option), metavar=option.metavar or None,
                             type=_argparse_type(option.parse), default=default,
-                            action="append" if option.repeatable else "store",
-                            choices=option.choices or None, help=text)
+                            action=action, choices=option.choices or None, help=text)
+
+
+def _joined_action() -> type:
+    import argparse
+
+    class Joined(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                     values: Any, option_string: str | None = None) -> None:
+            current = getattr(namespace, self.dest, None)
+            if current is not None:
+                values = type(values)(f"{current},{values}")
+            setattr(namespace, self.dest, values)
+
+    return Joined
 
 
 def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:

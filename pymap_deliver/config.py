@@ -385,7 +385,7 @@ def build(ns: argparse.Namespace, file: Path | None) -> DaemonConfig:
 
 
 def _show(option: Option, value: Any) -> str:
-    if option.repeatable:
+    if option.repeatable and not option.joined:
         return ", ".join(_show(option._replace(repeatable=False), item) for item in value)
     if isinstance(value, bool):
         return "yes" if value else "no"

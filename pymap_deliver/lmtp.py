@@ -582,7 +582,7 @@ class LMTPSession(LMTP):
             return
         address = parsed[0]
         try:
-            verdict = await self.backend.check_recipient(address)
+            verdict = await self._check_recipient(address)
         except Exception:
             log.exception("session %s check_recipient(%r) failed", self.session_id, address)
             verdict = R_INTERNAL_ERROR
@@ -596,7 +596,28 @@ class LMTPSession(LMTP):
                 self.session_id, address, verdict,
             )
             verdict = R_INTERNAL_ERROR
-        await self.push(verdict)
+        if verdict.startswith("5"):
+            # An unknown user counts as an error: a session cannot make
+            # unbounded lookups (postfix's smtpd counts them likewise).
+            await self._error(verdict)
+        else:
+            await self.push(verdict)
+
+    async def _check_recipient(self, address: str) -> str | None:
+        """Ask the backend, writing the replies queued so far before waiting
+        for it: under PIPELINING the client may be waiting for them, and a
+        slow lookup must not hold back the answers to earlier commands. An
+        answer the backend has at hand (cached) costs no write."""
+        if not self._out:
+            return await self.backend.check_recipient(address)
+        lookup = self.loop.create_task(self.backend.check_recipient(address))
+        try:
+            await asyncio.sleep(0)  # one step: a cached answer is done by now
+            if not lookup.done():
+                await self._flush()
+            return await lookup
+        finally:
+            lookup.cancel()  # only if this session is being cancelled
 
     async def smtp_RSET(self, arg: str) -> None:
         self._reset_transaction()

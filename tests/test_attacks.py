@@ -357,3 +357,49 @@ async def test_append_bytes_in_flight_are_bounded(tmp_path: Path) -> None:
     assert [r.code for r in replies] == [250] * 20
     assert len([c for c in fake.calls if c.method == "Append"]) == 20
     assert 1 <= fake.max_in_flight <= 4
+
+
+# -- 5. pipelined RCPTs answered only after every lookup -----------------------------
+
+
+async def test_pipelined_replies_are_flushed_before_each_wait_on_pymap(
+        fresh_pymap: PymapServer) -> None:
+    """MAIL and 50 RCPTs to unknown users in one write, while pymap answers
+    nothing: the reply to MAIL must not wait for the lookups. Then at most
+    20 refusals (the error limit) before the session is closed, so one
+    session cannot make unbounded GetUser calls."""
+    batch = b"MAIL FROM:<s@example.com>\r\n" + b"".join(
+        b"RCPT TO:<nobody%d@example.com>\r\n" % i for i in range(50))
+    async with deliver_agent(fresh_pymap) as agent:
+        client = await lmtp(agent)
+        with frozen(fresh_pymap):
+            await client.send(batch)
+            mail = await client.read_reply()
+            assert (mail.code, mail.enhanced) == (250, "2.1.0"), mail
+        replies = []
+        with suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                replies.append(await client.read_reply())
+        await client.close()
+    codes = [r.code for r in replies]
+    # A reset may swallow the last replies; none may be other than these.
+    assert set(codes) <= {550, 421}, replies
+    assert codes.count(550) <= 20
+    assert codes.count(550) >= 1
+
+
+# -- 6. SIGHUP kills the daemon ---------------------------------------------------
+
+
+async def test_sighup_does_not_kill_the_daemon(pymap: PymapServer, tmp_path: Path) -> None:
+    tag, data = unique()
+    async with DeliverProcess(pymap, tmp_path) as agent:
+        client = await agent.client()  # serving: its signal handlers are in place
+        agent.signal(signal.SIGHUP)
+        _, replies = await client.transaction("s@example.com", [DEMO_USER], data)
+        assert [r.code for r in replies] == [250]
+        await client.quit()
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait() == 0, agent.log
+    assert "SIGHUP" in agent.log
+    assert len(find(await asyncio.to_thread(pymap.fetch_all), tag)) == 1
