@@ -166,6 +166,7 @@ class Daemon:
         """SIGHUP: the config file and the token again; sessions stay."""
         from .notify import notify
 
+        log.info("received SIGHUP, reloading")
         notify("RELOADING=1")
         try:
             self._reload()
