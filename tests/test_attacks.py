@@ -137,7 +137,7 @@ class DeliverProcess:
         self.argv = [str(Path(sys.executable).parent / "pymap-deliver"),
                      "--listen", f"127.0.0.1:{self.port}", "--hostname", HOST,
                      "--path", str(server.socket_path), "--token-file", str(server.token_path),
-                     *args]
+                     "--allow-root", *args]
         self.process: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> DeliverProcess:
