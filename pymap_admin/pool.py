@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,8 +86,10 @@ class Endpoint:
         self.health = HealthStub(channel)
         self.healthy = True
         self.in_flight = 0
-        #: Calls started here (tests and the benchmark read the spread).
+        #: Calls started here, in all and per operation (tests, the
+        #: benchmark and the local stack read the spread).
         self.calls = 0
+        self.operations: Counter[str] = Counter()
         self.backoff = 0.0
         self.last_probe = 0.0
         self.wake = asyncio.Event()
@@ -167,6 +170,7 @@ class EndpointPool:
         module describes. ``subject`` (a user name) only goes into logs."""
         if self.single:
             endpoint = self.endpoints[0]
+            endpoint.operations[operation] += 1
             try:
                 return await self._attempt(endpoint, method, request, metadata, timeout)
             except _Failed as failed:
@@ -189,6 +193,7 @@ class EndpointPool:
                     f"{self.target})")
             endpoint = picked
             tried.add(endpoint)
+            endpoint.operations[operation] += 1
             try:
                 return await self._attempt(endpoint, method, request, metadata, timeout)
             except _Failed as failed:

@@ -26,7 +26,11 @@ from typing import Any, Final, Protocol
 
 from aiosmtpd.lmtp import LMTP
 
+from pymap_admin.message import crlf
+from pymap_admin.outcomes import MAX_REPLY_LINE
+
 from .headers import is_header_safe
+from .syntax import address_is_safe
 
 __all__ = [
     "DeliveryBackend",
@@ -349,6 +353,10 @@ class LMTPSession(LMTP):
             code, text = line[:3], line[4:]
             cls = code[:1] if code[:1] in (b"2", b"4", b"5") else b"5"
             line = code + line[3:4] + cls + b".0.0 " + text
+        if len(line) > MAX_REPLY_LINE - 2:
+            # RFC 5321 section 4.5.3.1.5 (a Sieve reason can be any length);
+            # cut on a character boundary so the client gets valid UTF-8.
+            line = line[:MAX_REPLY_LINE - 2].decode("utf-8", "ignore").encode("utf-8")
         self._queue(line + b"\r\n")
 
     def _queue(self, line: bytes) -> None:
@@ -523,7 +531,7 @@ class LMTPSession(LMTP):
         parsed = _parse_path(arg[5:])
         # An unparseable path is checked whole: a CR may come with a space, as
         # in "<a\rBcc: b>", and must still be reported as the unsafe address.
-        if not is_header_safe(arg[5:] if parsed is None else parsed[0]):
+        if not address_is_safe(arg[5:] if parsed is None else parsed[0]):
             await self._error("501 5.1.7 Bad sender address syntax")
             return
         params = _parse_params(parsed[1]) if parsed is not None else None
@@ -566,7 +574,7 @@ class LMTPSession(LMTP):
             await self._error(syntax)
             return
         parsed = _parse_path(arg[3:])
-        if not is_header_safe(arg[3:] if parsed is None else parsed[0]):
+        if not address_is_safe(arg[3:] if parsed is None else parsed[0]):
             await self._error("501 5.1.3 Bad recipient address syntax")
             return
         params = _parse_params(parsed[1]) if parsed is not None else None
@@ -680,7 +688,7 @@ class LMTPSession(LMTP):
                 lhlo_name=self._lhlo_name or "",
                 sender=self._sender,
                 recipients=recipients,
-                data=bytes(data),
+                data=crlf(bytes(data)),
                 smtputf8=self._smtputf8,
                 body_8bitmime=self._body_8bitmime,
                 received_at=received_at,
@@ -705,13 +713,20 @@ class LMTPSession(LMTP):
         buffer: bytearray | None = bytearray()
         failure: str | None = None
         size = 0
-        at_line_start = True
+        # Two notions of "line": lengths are counted from LF to LF (a client
+        # sending bare LFs has short lines, not one huge one), but only a CRLF
+        # starts a line for dot-stuffing and the final dot (RFC 5321 section
+        # 4.5.2; a bare-LF dot must not end the data: SMTP smuggling).
+        at_line_start = True  # not in the tail of an over-long line
+        after_crlf = True
+        skipped_cr = False  # the part of an over-long line skipped ended in CR
         while True:
             try:
-                line = await self._read_line(b"\r\n")
+                line = await self._read_line(b"\n")
             except asyncio.LimitOverrunError as exc:
                 # Longer than the StreamReader limit, which is our line limit.
-                await self._reader.read(exc.consumed)
+                skipped = await self._reader.read(exc.consumed)
+                skipped_cr = skipped.endswith(b"\r")
                 if failure is None:
                     failure = (
                         f"554 5.6.0 Message has a line longer than "
@@ -720,14 +735,17 @@ class LMTPSession(LMTP):
                 buffer = None
                 at_line_start = False
                 continue
+            line_start = after_crlf
+            after_crlf = line.endswith(b"\r\n") or (
+                not at_line_start and skipped_cr and line == b"\n")
             if not at_line_start:
                 at_line_start = True  # the tail of an over-long line
                 continue
-            if line == _DATA_END:
+            if line_start and line == _DATA_END:
                 return buffer, failure
             if buffer is None:
                 continue
-            if line[:1] == b".":
+            if line_start and line[:1] == b".":
                 line = line[1:]
             size += len(line)
             if size > limit:
