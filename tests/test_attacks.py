@@ -489,3 +489,42 @@ def test_append_exits_0_once_stored_whatever_stdout_does(pymap: PymapServer,
     refused = _append_with_broken_stdout(pymap, redirect, "nobody-here", data)
     assert refused.returncode == 75, refused.stderr.decode()
     assert b"Traceback" not in refused.stderr
+
+
+# -- also: replies carry no local paths; deferrals after sending are logged ----------
+
+
+async def test_reply_names_no_local_path(pymap: PymapServer, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    token = tmp_path / "token"
+    token.write_text(pymap.token())
+    settings = socket_settings(pymap, token_file=token)
+    async with AdminClient(settings) as admin:
+        backend = PymapBackend(admin, DeliveryOptions(hostname=HOST))
+        async with DeliveryServer(backend, ServerConfig(tcp=[TcpEndpoint(port=0)],
+                                                        hostname=HOST)) as agent:
+            client = await lmtp(agent)
+            assert (await client.command("MAIL FROM:<s@example.com>")).code == 250
+            token.unlink()
+            token.mkdir()  # unreadable as a token file, even for root
+            reply = await client.command("RCPT TO:<someone@example.com>")
+            await client.close()
+    assert (reply.code, reply.enhanced) == (451, "4.3.5"), reply
+    assert str(tmp_path) not in reply.text and "/" not in reply.text
+    assert str(token) in caplog.text  # the operator still learns what is wrong
+
+
+async def test_deadline_after_the_request_was_sent_is_logged_distinctly(
+        fresh_pymap: PymapServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The issue's --timeout 1: pymap may store a message we defer (at-least
+    once delivery); such deferrals are logged as status=deferred-after-send."""
+    caplog.set_level("INFO")
+    async with deliver_agent(fresh_pymap, timeout=1.0, check_recipients=False) as agent:
+        client = await lmtp(agent)
+        _, first = await client.transaction("s@example.com", [DEMO_USER], unique()[1])
+        assert [r.code for r in first] == [250]  # the connection to pymap is up
+        with frozen(fresh_pymap):
+            _, replies = await client.transaction("s@example.com", [DEMO_USER], unique()[1])
+        await client.close()
+    assert [(r.code, r.enhanced) for r in replies] == [(451, "4.4.2")]
+    assert "status=deferred-after-send reply=451 4.4.2" in caplog.text
