@@ -63,7 +63,7 @@ def start_deliver(name: str, cluster: PymapCluster, token_file: Path, folder: Pa
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "pymap-deliver"),
              "--listen", f"127.0.0.1:{port}", "--hostname", name, "--local-part-only",
-             *paths, "--token-file", str(token_file), "--timeout", "10"],
+             *paths, "--token-file", str(token_file), "--timeout", "10", "--allow-root"],
             stdout=out, stderr=out, env={**os.environ})
     deadline = time.monotonic() + 30
     while True:
