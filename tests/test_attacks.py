@@ -462,3 +462,30 @@ async def test_bare_lf_body_is_delivered_with_crlf(pymap: PymapServer) -> None:
     (stored,) = find(await asyncio.to_thread(pymap.fetch_all), tag)
     assert stored.endswith(message.replace(b"\n", b"\r\n") + b"\r\n")
     assert b"\n" not in stored.replace(b"\r\n", b"")
+
+
+# -- also: pymap-admin append's exit status after storing ---------------------------
+
+
+def _append_with_broken_stdout(server: PymapServer, redirect: str, user: str,
+                               data: bytes) -> subprocess.CompletedProcess[bytes]:
+    script = Path(sys.executable).parent / "pymap-admin"
+    # exec keeps the redirection: ">&-" closes fd 1, ">/dev/full" fails every write.
+    return subprocess.run(
+        ["sh", "-c", f'exec "$@" {redirect}', "sh", str(script), "--path",
+         str(server.socket_path), "--token-file", str(server.token_path), "append", user],
+        input=data, stderr=subprocess.PIPE, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
+def test_append_exits_0_once_stored_whatever_stdout_does(pymap: PymapServer,
+                                                         redirect: str) -> None:
+    tag, data = unique()
+    stored = _append_with_broken_stdout(pymap, redirect, DEMO_USER, data)
+    assert stored.returncode == 0, stored.stderr.decode()
+    assert b"Traceback" not in stored.stderr
+    assert len(find(pymap.fetch_all(), tag)) == 1
+    # Not stored, and the status line cannot be written: try again later.
+    refused = _append_with_broken_stdout(pymap, redirect, "nobody-here", data)
+    assert refused.returncode == 75, refused.stderr.decode()
+    assert b"Traceback" not in refused.stderr
