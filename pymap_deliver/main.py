@@ -190,6 +190,10 @@ async def run(args: DeliverArgs) -> int:
 
 
 def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["install-contrib"]:
+        from .install import main as install_contrib
+
+        return install_contrib((sys.argv[1:] if argv is None else argv)[1:])
     args = parse_args(argv)
     configure_logging(args.log_level, stderr or sys.stderr)
     try:
