@@ -1,5 +1,6 @@
 # The two commands of the README:
 #   make run    the local stack: pymap (in-memory) with pymap-deliver in front
+#   make run-cluster   the same in front of two pymap members sharing a private Redis
 #   make test   everything CI checks
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +18,7 @@ SHARED_PYTEST_ARGS ?= -m 'not packaging and not postfix'
 PROTOC_VENV := .venv-protoc
 PROTOC_SPEC := grpcio-tools==1.59.5
 
-.PHONY: run test venv pymap-venv protoc-venv shared-venv lint typecheck check-generated generate pytest test-shared dist bench clean
+.PHONY: run run-cluster test venv pymap-venv protoc-venv shared-venv lint typecheck check-generated generate pytest test-shared dist bench clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -79,6 +80,9 @@ dist: venv
 
 run: venv pymap-venv
 	$(VENV)/bin/python -m devstack.stack
+
+run-cluster: venv pymap-venv
+	$(VENV)/bin/python -m devstack.stack --cluster 2
 
 bench: venv pymap-venv
 	$(VENV)/bin/python -m benchmarks.append_cli

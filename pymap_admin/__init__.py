@@ -40,7 +40,7 @@ from .errors import (
     UnknownResultError,
     UserNotFound,
 )
-from .outcomes import ExitStatus, Outcome, delivered, outcome_for_error, too_big
+from .outcomes import ExitStatus, Outcome, Reply, delivered, outcome_for_error, too_big
 from .settings import ConnectionSettings, load_settings
 from .tokens import TokenInfo, TokenSource, attenuate, inspect_token
 
@@ -67,6 +67,7 @@ __all__ = [
     "Outcome",
     "PingResult",
     "ProtocolError",
+    "Reply",
     "ResultError",
     "ServerUnreachable",
     "TLSError",

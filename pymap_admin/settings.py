@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError
+from .options import CONNECTION_OPTIONS, Option, read_ini
 
 if TYPE_CHECKING:
     import ssl
@@ -29,6 +30,7 @@ __all__ = [
     "SOCKET_NAME",
     "TOKEN_NAME",
     "ConnectionSettings",
+    "EndpointAddress",
     "config_home",
     "discover",
     "load_settings",
@@ -44,8 +46,8 @@ DEFAULT_PORT = 50051
 #: postfix's 600 s LMTP data-done timeout.
 DEFAULT_TIMEOUT = 60.0
 
-_TRUE = frozenset({"1", "yes", "true", "on"})
-_FALSE = frozenset({"0", "no", "false", "off", ""})
+_TOKEN_ENV = next(o.env for o in CONNECTION_OPTIONS if o.name == "token")
+_CONFIG_ENV = next(o.env for o in CONNECTION_OPTIONS if o.name == "config")
 
 
 def config_home() -> Path:
@@ -69,18 +71,28 @@ def discover(name: str) -> Path | None:
     """The first existing default location for ``name``, or None."""
     for folder in (config_home(), _temp_home()):
         candidate = folder / name
-        if candidate.exists():
-            return candidate
+        try:
+            if candidate.exists():
+                return candidate
+        except OSError:
+            # A folder we may not enter (another user's home, say): not ours to use.
+            continue
     return None
 
 
-def _parse_bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigurationError(f"{name}: expected yes/no, got {value!r}")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EndpointAddress:
+    """One admin endpoint of several: a TCP ``host``/``port`` or a socket ``path``."""
+
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.host is None) == (self.path is None):
+            raise ConfigurationError("an endpoint is a host or a socket path")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ConfigurationError(f"port out of range: {self.port}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -106,6 +118,7 @@ class ConnectionSettings:
     no_verify_cert: bool = False
     tls: bool | None = None
     timeout: float = DEFAULT_TIMEOUT
+    endpoints: tuple[EndpointAddress, ...] = ()
 
     def __post_init__(self) -> None:
         if self.port is not None and not 0 < self.port < 65536:
@@ -123,12 +136,25 @@ class ConnectionSettings:
     def uses_tls(self) -> bool:
         return self.uses_tcp and self.tls is not False
 
+    def members(self) -> tuple[ConnectionSettings, ...]:
+        """One settings value per endpoint: this one, or one per ``endpoints``."""
+        if not self.endpoints:
+            return (self,)
+        from dataclasses import replace
+
+        return tuple(replace(self, host=e.host, port=e.port, path=e.path, endpoints=())
+                     for e in self.endpoints)
+
     @property
     def target(self) -> str:
         """Where we connect, for messages."""
+        if self.endpoints:
+            return ", ".join(member.target for member in self.members())
         if self.uses_tcp:
             scheme = "https" if self.uses_tls else "http"
-            return f"{scheme}://{self.host or 'localhost'}:{self.port or DEFAULT_PORT}"
+            host = self.host or "localhost"
+            host = f"[{host}]" if ":" in host else host
+            return f"{scheme}://{host}:{self.port or DEFAULT_PORT}"
         return f"unix:{self.socket_path()}"
 
     def socket_path(self) -> Path:
@@ -167,46 +193,27 @@ class ConnectionSettings:
         return context
 
 
-# name -> (environment variable, kind)
-_SOURCES: Mapping[str, tuple[str, str]] = {
-    "host": ("PYMAP_ADMIN_HOST", "str"),
-    "port": ("PYMAP_ADMIN_PORT", "int"),
-    "path": ("PYMAP_ADMIN_SOCKET", "path"),
-    "token_file": ("PYMAP_ADMIN_TOKEN_FILE", "path"),
-    "cert": ("PYMAP_ADMIN_CERT", "path"),
-    "key": ("PYMAP_ADMIN_KEY", "path"),
-    "cafile": ("PYMAP_ADMIN_CAFILE", "path"),
-    "capath": ("PYMAP_ADMIN_CAPATH", "path"),
-    "no_verify_cert": ("PYMAP_ADMIN_NO_VERIFY_CERT", "bool"),
-    "tls": ("PYMAP_ADMIN_TLS", "bool"),
-    "timeout": ("PYMAP_ADMIN_TIMEOUT", "float"),
-}
+#: The options that become ConnectionSettings fields (the rest of the table:
+#: the config file's own path and the token, which has its own precedence).
+_FIELDS = tuple(o for o in CONNECTION_OPTIONS if o.name not in ("config", "token"))
 
 #: The keys of the config file, in the order save-args writes them; also the
-#: names of the command line's connection options (cli/connection.py).
-CONFIG_KEYS = tuple(_SOURCES)
+#: names of the command line's connection options.
+CONFIG_KEYS = tuple(o.name for o in CONNECTION_OPTIONS if o.saved)
 
 
-def _convert(name: str, kind: str, raw: object) -> object:
+def _convert(option: Option, raw: object, where: str) -> object:
     if not isinstance(raw, str):
         return raw
     try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
+        return option.convert(raw)
     except ValueError as exc:
-        raise ConfigurationError(f"{name}: not a number: {raw!r}") from exc
-    if kind == "bool":
-        return _parse_bool(name, raw)
-    if kind == "path":
-        return Path(raw).expanduser()
-    return raw
+        raise ConfigurationError(f"{where}: {exc}") from None
 
 
 def find_config_file(option: str | Path | None, environ: Mapping[str, str]) -> Path | None:
     """The config file: as named (must exist), else the first one found."""
-    named = option if option is not None else environ.get("PYMAP_ADMIN_CONFIG")
+    named = option if option is not None else environ.get(_CONFIG_ENV)
     if named:
         path = Path(named).expanduser()
         if not path.is_file():
@@ -216,18 +223,26 @@ def find_config_file(option: str | Path | None, environ: Mapping[str, str]) -> P
 
 
 def read_config_file(path: Path) -> dict[str, str]:
-    from configparser import ConfigParser
-    from configparser import Error as ConfigParserError
-
-    parser = ConfigParser(interpolation=None)
+    """The ``[pymap-admin]`` section. Unknown keys and sections are warned
+    about, naming the line, and ignored (the published client ignores them
+    silently; a misspelt key should not go unnoticed)."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except (OSError, UnicodeDecodeError, ConfigParserError) as exc:
+        sections, headers = read_ini(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigurationError(f"cannot read config file {path}: {exc}") from exc
-    if not parser.has_section(CONFIG_SECTION):
-        return {}
-    return dict(parser.items(CONFIG_SECTION))
+    known = {o.name for o in CONNECTION_OPTIONS if o.saved}
+    problems = [f"line {line}: unknown section [{name}]"
+                for name, line in headers.items() if name != CONFIG_SECTION]
+    section = sections.get(CONFIG_SECTION, {})
+    problems += [f"line {item.line}: unknown key {key!r}"
+                 for key, item in section.items() if key not in known]
+    if problems:
+        import logging
+
+        for problem in problems:
+            logging.getLogger("pymap_admin.settings").warning(
+                "config file %s %s (ignored)", path, problem)
+    return {key: item.value for key, item in section.items() if key in known}
 
 
 def load_settings(
@@ -240,21 +255,87 @@ def load_settings(
     > ``environ`` (default ``os.environ``) > the config file."""
     env = os.environ if environ is None else environ
     given = {k: v for k, v in (options or {}).items() if v is not None}
-    unknown = set(given) - set(_SOURCES) - {"token"}
+    unknown = set(given) - {o.name for o in CONNECTION_OPTIONS}
     if unknown:
         raise ConfigurationError(f"unknown settings: {', '.join(sorted(unknown))}")
     path = find_config_file(config_file, env)
     from_file = read_config_file(path) if path is not None else {}
     values: dict[str, object] = {}
-    for name, (variable, kind) in _SOURCES.items():
-        for raw in (given.get(name), env.get(variable) or None, from_file.get(name) or None):
+    for option in _FIELDS:
+        name = option.name
+        sources = ((given.get(name), option.flag or name),
+                   (env.get(option.env) or None, f"${option.env}"),
+                   (from_file.get(name) or None, f"config file {path}: {name}"))
+        for raw, where in sources:
             if raw is not None:
-                values[name] = _convert(name, kind, raw)
+                values[name] = _convert(option, raw, where)
                 break
     # A token given directly wins over token files found by discovery, but a
     # token file named on the command line is the user's explicit choice.
-    token = given.get("token") or (None if "token_file" in given else env.get("PYMAP_ADMIN_TOKEN"))
+    token = given.get("token") or (None if "token_file" in given else env.get(_TOKEN_ENV))
     if token:
         values["token"] = str(token).strip()
+    _split_endpoints(values)
     known = {f.name for f in fields(ConnectionSettings)}
     return ConnectionSettings(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
+
+
+def split_list(value: object) -> list[str]:
+    """A list setting: items separated by commas or line breaks (a config
+    file may put one per line)."""
+    return [item.strip() for item in str(value).replace("\n", ",").split(",") if item.strip()]
+
+
+def parse_host(text: str, default_port: int | None) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigurationError(f"host: unclosed bracket in {text!r}")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigurationError(f"host: not [ADDRESS]:PORT: {text!r}")
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, number = text.split(":")
+        port = _port(number, text)
+    if not host:
+        raise ConfigurationError(f"host: no host name in {text!r}")
+    return host, port
+
+
+def _port(number: str, text: str) -> int:
+    try:
+        port = int(number)
+    except ValueError:
+        raise ConfigurationError(f"host: not HOST:PORT: {text!r}") from None
+    if not 0 < port < 65536:
+        raise ConfigurationError(f"port out of range: {port}")
+    return port
+
+
+def _split_endpoints(values: dict[str, object]) -> None:
+    """Turn list-valued ``host``/``path`` into ``endpoints``. One endpoint
+    stays in ``host``/``port``/``path`` exactly as before."""
+    hosts = split_list(values["host"]) if "host" in values else []
+    paths = split_list(values["path"]) if "path" in values else []
+    default_port = values.get("port")
+    assert default_port is None or isinstance(default_port, int)
+    if hosts:
+        # TCP wins over a socket path, as it does for a single endpoint.
+        parsed = [parse_host(item, default_port) for item in hosts]
+        if len(parsed) == 1:
+            values["host"], values["port"] = parsed[0]
+            return
+        values["endpoints"] = tuple(EndpointAddress(host=h, port=p) for h, p in parsed)
+    elif len(paths) > 1:
+        values["endpoints"] = tuple(EndpointAddress(path=Path(p).expanduser()) for p in paths)
+    elif paths:
+        values["path"] = Path(paths[0]).expanduser()
+        return
+    else:
+        return
+    for name in ("host", "port", "path"):
+        values.pop(name, None)

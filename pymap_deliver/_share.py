@@ -20,7 +20,7 @@ __all__ = ["COMMANDS", "build_share", "completion", "manpage", "shipped_share"]
 #: command -> (module with ``build_parser()``, man section, manual title,
 #: the one-line summary in NAME)
 COMMANDS: dict[str, tuple[str, int, str, str]] = {
-    "pymap-deliver": ("pymap_deliver.main", 8, "System Manager's Manual",
+    "pymap-deliver": ("pymap_deliver.config", 8, "System Manager's Manual",
                       "LMTP delivery agent storing mail into pymap"),
     "pymap-admin": ("pymap_admin.cli.args", 1, "User Commands",
                     "command line client of pymap's admin API"),

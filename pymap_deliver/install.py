@@ -79,13 +79,15 @@ def plan(share: Path, *, prefix: str, sysconfdir: str, bin_dir: str) -> list[Pla
             files.append(Plan(etc / "systemd" / "system" / unit.name, text.encode()))
         else:  # drop-ins: examples, not active until the operator copies one
             files.append(Plan(doc / "systemd" / unit.name, text.encode()))
-    for example in _files(contrib / "etc") if (contrib / "etc").is_dir() else ():
-        # Example configuration: installed where it is read, mode 0640.
-        relative = example.relative_to(contrib / "etc")
-        files.append(Plan(etc / relative, example.read_bytes(), 0o640))
+    for example in _files(contrib / "pymap-deliver"):
+        # The example configuration, beside the file pymap-deliver reads
+        # (/etc/pymap-deliver/pymap-deliver.conf) but not as it: that file,
+        # once there, is read by every start, and is the operator's.
+        files.append(Plan(etc / "pymap-deliver" / f"{example.name}.example",
+                          example.read_bytes(), 0o640))
     for path in _files(contrib):
         relative = path.relative_to(contrib)
-        if relative.parts[0] not in ("systemd", "etc"):
+        if relative.parts[0] not in ("systemd", "pymap-deliver"):
             files.append(Plan(doc / relative, path.read_bytes()))
     for path in _files(share / "doc"):
         files.append(Plan(doc / path.name, path.read_bytes()))

@@ -26,7 +26,10 @@ from typing import Any, Final, Protocol
 
 from aiosmtpd.lmtp import LMTP
 
+from pymap_admin.outcomes import MAX_REPLY_LINE
+
 from .headers import is_header_safe
+from .syntax import address_is_safe
 
 __all__ = [
     "DeliveryBackend",
@@ -349,6 +352,10 @@ class LMTPSession(LMTP):
             code, text = line[:3], line[4:]
             cls = code[:1] if code[:1] in (b"2", b"4", b"5") else b"5"
             line = code + line[3:4] + cls + b".0.0 " + text
+        if len(line) > MAX_REPLY_LINE - 2:
+            # RFC 5321 section 4.5.3.1.5 (a Sieve reason can be any length);
+            # cut on a character boundary so the client gets valid UTF-8.
+            line = line[:MAX_REPLY_LINE - 2].decode("utf-8", "ignore").encode("utf-8")
         self._queue(line + b"\r\n")
 
     def _queue(self, line: bytes) -> None:
@@ -523,7 +530,7 @@ class LMTPSession(LMTP):
         parsed = _parse_path(arg[5:])
         # An unparseable path is checked whole: a CR may come with a space, as
         # in "<a\rBcc: b>", and must still be reported as the unsafe address.
-        if not is_header_safe(arg[5:] if parsed is None else parsed[0]):
+        if not address_is_safe(arg[5:] if parsed is None else parsed[0]):
             await self._error("501 5.1.7 Bad sender address syntax")
             return
         params = _parse_params(parsed[1]) if parsed is not None else None
@@ -566,7 +573,7 @@ class LMTPSession(LMTP):
             await self._error(syntax)
             return
         parsed = _parse_path(arg[3:])
-        if not is_header_safe(arg[3:] if parsed is None else parsed[0]):
+        if not address_is_safe(arg[3:] if parsed is None else parsed[0]):
             await self._error("501 5.1.3 Bad recipient address syntax")
             return
         params = _parse_params(parsed[1]) if parsed is not None else None
@@ -582,7 +589,7 @@ class LMTPSession(LMTP):
             return
         address = parsed[0]
         try:
-            verdict = await self.backend.check_recipient(address)
+            verdict = await self._check_recipient(address)
         except Exception:
             log.exception("session %s check_recipient(%r) failed", self.session_id, address)
             verdict = R_INTERNAL_ERROR
@@ -596,7 +603,28 @@ class LMTPSession(LMTP):
                 self.session_id, address, verdict,
             )
             verdict = R_INTERNAL_ERROR
-        await self.push(verdict)
+        if verdict.startswith("5"):
+            # An unknown user counts as an error: a session cannot make
+            # unbounded lookups (postfix's smtpd counts them likewise).
+            await self._error(verdict)
+        else:
+            await self.push(verdict)
+
+    async def _check_recipient(self, address: str) -> str | None:
+        """Ask the backend, writing the replies queued so far before waiting
+        for it: under PIPELINING the client may be waiting for them, and a
+        slow lookup must not hold back the answers to earlier commands. An
+        answer the backend has at hand (cached) costs no write."""
+        if not self._out:
+            return await self.backend.check_recipient(address)
+        lookup = self.loop.create_task(self.backend.check_recipient(address))
+        try:
+            await asyncio.sleep(0)  # one step: a cached answer is done by now
+            if not lookup.done():
+                await self._flush()
+            return await lookup
+        finally:
+            lookup.cancel()  # only if this session is being cancelled
 
     async def smtp_RSET(self, arg: str) -> None:
         self._reset_transaction()

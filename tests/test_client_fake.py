@@ -97,7 +97,7 @@ async def test_deadline(tmp_path: Path, token_file: Path) -> None:
         with pytest.raises(DeadlineExceeded) as info:
             await client.append("alice", b"x")
     assert isinstance(info.value, TimeoutError)
-    assert outcome_for_error(info.value).reply.startswith("451 4.4.2")
+    assert str(outcome_for_error(info.value).reply).startswith("451 4.4.2")
 
 
 async def test_connection_reset(tmp_path: Path, token_file: Path) -> None:
@@ -108,7 +108,7 @@ async def test_connection_reset(tmp_path: Path, token_file: Path) -> None:
             with pytest.raises(ConnectionReset) as info:
                 await client.append("alice", b"x")
         assert isinstance(info.value, ConnectionError)
-        assert outcome_for_error(info.value).reply.startswith("451 4.4.1")
+        assert str(outcome_for_error(info.value).reply).startswith("451 4.4.1")
 
 
 async def test_unknown_result_key_is_temporary(tmp_path: Path, token_file: Path) -> None:
@@ -118,7 +118,7 @@ async def test_unknown_result_key_is_temporary(tmp_path: Path, token_file: Path)
         with pytest.raises(UnknownResultError) as info:
             await client.append("alice", b"x")
     assert info.value.key == "QuotaExceededSomeday"
-    assert outcome_for_error(info.value).reply.startswith("451 4.3.0")
+    assert str(outcome_for_error(info.value).reply).startswith("451 4.3.0")
 
 
 async def test_version_refusal_with_error_info(tmp_path: Path, token_file: Path) -> None:
@@ -129,7 +129,7 @@ async def test_version_refusal_with_error_info(tmp_path: Path, token_file: Path)
             await client.ping()
     assert info.value.details == {"client_version": "0.12.1", "server_version": "1.0.0"}
     assert "server 1.0.0" in str(info.value)
-    assert outcome_for_error(info.value).reply.startswith("451 4.3.5")
+    assert str(outcome_for_error(info.value).reply).startswith("451 4.3.5")
 
 
 async def test_unimplemented(tmp_path: Path, token_file: Path) -> None:

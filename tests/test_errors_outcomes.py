@@ -119,7 +119,7 @@ def test_outcome_table(situation: str, outcome: Outcome, code: int, enhanced: st
     assert outcome.code == code
     assert outcome.enhanced == enhanced
     assert outcome.exit_status == exit_status
-    assert outcome.reply.startswith(f"{code} {enhanced} ")
+    assert str(outcome.reply).startswith(f"{code} {enhanced} ")
     assert outcome.status_text.startswith(f"{enhanced} ")
     # The reply class and the exit status agree: postfix's pipe(8) reads both.
     assert outcome.enhanced[0] == str(code)[0]
@@ -134,7 +134,7 @@ def test_outcome_table(situation: str, outcome: Outcome, code: int, enhanced: st
 def test_sieve_reason_is_carried_on_one_line() -> None:
     outcome = outcomes.outcome_for_error(
         _result("AppendFailure", "Append NO you are\r\nnot welcome"))
-    assert outcome.reply == "550 5.7.1 you are not welcome"
+    assert str(outcome.reply) == "550 5.7.1 you are not welcome"
 
 
 def test_expired_token_says_when() -> None:
