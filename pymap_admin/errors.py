@@ -68,6 +68,11 @@ __all__ = [
 class AdminError(Exception):
     """Root of every error raised by :mod:`pymap_admin`."""
 
+    #: True when the whole request had reached the server before the call
+    #: failed (a deadline, a lost connection): the server may have carried
+    #: it out, e.g. stored an Append that we report as failed.
+    request_sent: bool = False
+
 
 # --- Application results --------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol
 
 from aiosmtpd.lmtp import LMTP
 
+from pymap_admin.message import crlf
 from pymap_admin.outcomes import MAX_REPLY_LINE
 
 from .headers import is_header_safe
@@ -687,7 +688,7 @@ class LMTPSession(LMTP):
                 lhlo_name=self._lhlo_name or "",
                 sender=self._sender,
                 recipients=recipients,
-                data=bytes(data),
+                data=crlf(bytes(data)),
                 smtputf8=self._smtputf8,
                 body_8bitmime=self._body_8bitmime,
                 received_at=received_at,
@@ -712,13 +713,20 @@ class LMTPSession(LMTP):
         buffer: bytearray | None = bytearray()
         failure: str | None = None
         size = 0
-        at_line_start = True
+        # Two notions of "line": lengths are counted from LF to LF (a client
+        # sending bare LFs has short lines, not one huge one), but only a CRLF
+        # starts a line for dot-stuffing and the final dot (RFC 5321 section
+        # 4.5.2; a bare-LF dot must not end the data: SMTP smuggling).
+        at_line_start = True  # not in the tail of an over-long line
+        after_crlf = True
+        skipped_cr = False  # the part of an over-long line skipped ended in CR
         while True:
             try:
-                line = await self._read_line(b"\r\n")
+                line = await self._read_line(b"\n")
             except asyncio.LimitOverrunError as exc:
                 # Longer than the StreamReader limit, which is our line limit.
-                await self._reader.read(exc.consumed)
+                skipped = await self._reader.read(exc.consumed)
+                skipped_cr = skipped.endswith(b"\r")
                 if failure is None:
                     failure = (
                         f"554 5.6.0 Message has a line longer than "
@@ -727,14 +735,17 @@ class LMTPSession(LMTP):
                 buffer = None
                 at_line_start = False
                 continue
+            line_start = after_crlf
+            after_crlf = line.endswith(b"\r\n") or (
+                not at_line_start and skipped_cr and line == b"\n")
             if not at_line_start:
                 at_line_start = True  # the tail of an over-long line
                 continue
-            if line == _DATA_END:
+            if line_start and line == _DATA_END:
                 return buffer, failure
             if buffer is None:
                 continue
-            if line[:1] == b".":
+            if line_start and line[:1] == b".":
                 line = line[1:]
             size += len(line)
             if size > limit:

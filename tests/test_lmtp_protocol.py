@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pymap_admin.message import crlf
 from pymap_deliver.lmtp import IncomingMessage
 
 from .lmtp_client import (
@@ -451,7 +452,8 @@ async def test_bare_lf_dot_does_not_end_data() -> None:
         replies = await client.send_data(body, 1)
         await client.assert_no_pending_reply()
     assert [r.code for r in replies] == [250]
-    assert backend.messages[0].data == body
+    # Stored with CRLF line endings (the Reliability issue), the dot kept.
+    assert backend.messages[0].data == crlf(body)
 
 
 # -- dot-stuffing round trip (property) -----------------------------------------

@@ -9,14 +9,18 @@ definitively refused, so the MTA keeps the mail.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from typing import IO, Any
 
 from ..errors import ConfigurationError
-from ..outcomes import Outcome, delivered, outcome_for_error, too_big
+from ..message import crlf
+from ..outcomes import ExitStatus, Outcome, delivered, outcome_for_error, too_big
 from .args import AppendOptions
 from .base import EXPECTED, Command, Field, dumps, result_fields, text_format
 
-__all__ = ["AppendCommand", "null_sender", "read_message"]
+__all__ = ["AppendCommand", "crlf", "null_sender", "read_message"]
 
 #: A leading mbox ``From `` line longer than this is not one.
 _FROM_LINE_LIMIT = 64 * 1024
@@ -61,24 +65,6 @@ def read_message(stream: IO[bytes], max_size: int) -> bytes | None:
     return None if len(data) > max_size else crlf(data)
 
 
-def crlf(data: bytes) -> bytes:
-    """Line endings as IMAP wants them (RFC 3501: CRLF).
-
-    MTAs hand a local delivery command the message with UNIX line endings
-    (postfix's pipe(8) and local(8), sendmail's local mailer); stored as
-    they are, IMAP clients would get bare LFs. A message already in CRLF is
-    returned unchanged.
-    """
-    bare = data.count(b"\n") - data.count(b"\r\n")
-    if not bare:
-        return data
-    if bare == data.count(b"\n"):
-        return data.replace(b"\n", b"\r\n")
-    import re
-
-    return re.sub(rb"(?<!\r)\n", b"\r\n", data)
-
-
 class AppendCommand(Command[AppendOptions]):
     """Append a message directly to a user's mailbox."""
 
@@ -118,7 +104,12 @@ class AppendCommand(Command[AppendOptions]):
 
     def _finish(self, outcome: Outcome, exc: BaseException | None, detail: str,
                 extra: dict[str, Any] | None = None) -> int:
-        """Status line first on stdout, details on stderr, status from the row."""
+        """Status line first on stdout, details on stderr, status from the row.
+
+        The exit status is what the MTA acts on, so output never decides it
+        wrongly: if stdout cannot be written (closed, a full disk), a stored
+        message still exits 0 (a bounce or a retry would duplicate it), and
+        anything else exits 75 (try again; the reason is lost)."""
         if self.globals.json:
             data: dict[str, Any] = {
                 "status": outcome.status_text, "code": outcome.code,
@@ -126,15 +117,33 @@ class AppendCommand(Command[AppendOptions]):
                 "delivered": outcome.delivered, **(extra or {})}
             if exc is not None:
                 data["error"] = self.error_data(exc)
-            self.print(dumps(data) + "\n")
+            written = self._write_stdout(dumps(data) + "\n")
         else:
-            self.print(outcome.status_text + "\n")
-        self.streams.stdout.flush()
-        if exc is not None or not outcome.delivered:
-            self.error(detail)
-        elif detail:
-            print(detail, file=self.streams.stderr)
+            written = self._write_stdout(outcome.status_text + "\n")
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if exc is not None or not outcome.delivered:
+                self.error(detail if written else f"{detail} (and stdout is not writable)")
+            elif detail:
+                print(detail, file=self.streams.stderr)
+        if not written:
+            return int(ExitStatus.OK if outcome.delivered else ExitStatus.TEMPFAIL)
         return int(outcome.exit_status)
+
+    def _write_stdout(self, text: str) -> bool:
+        """Write and flush; False if stdout is closed or failing. A failing
+        stdout is then replaced by the null device, so that no later flush
+        (at exit) fails the process after the fact."""
+        try:
+            self.print(text)
+            self.streams.stdout.flush()
+            return True
+        except (OSError, ValueError, AttributeError):
+            pass
+        if self.streams.stdout is sys.stdout or sys.stdout is None:
+            # The buffered text would be flushed (and fail) again at exit.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
+        self.streams = self.streams._replace(stdout=sys.stdout)
+        return False
 
     def _failed(self, exc: BaseException) -> int:
         if self.globals.debug:
