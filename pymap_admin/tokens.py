@@ -10,14 +10,16 @@ minutes: a request token seen by anyone else is good for one user, briefly.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidUserName
 
 __all__ = [
+    "MAX_USER_NAME",
     "REQUEST_TOKEN_LIFETIME",
     "RequestTokens",
     "TokenInfo",
@@ -30,6 +32,11 @@ __all__ = [
 #: How long an attenuated request token stays valid. Minutes, not seconds:
 #: a request can wait for a loaded server, and clocks drift a little.
 REQUEST_TOKEN_LIFETIME = timedelta(minutes=10)
+#: The longest user name a request may carry, in UTF-8 bytes. Addresses are
+#: at most a few hundred; anything near a caveat's 64 KiB is an attack.
+MAX_USER_NAME = 4096
+# What a caveat line cannot hold.
+_UNSAFE_IN_CAVEAT = re.compile(r"[\r\n\x00]")
 # A cached request token is renewed when less than this is left of it.
 _RENEW_MARGIN = timedelta(minutes=5)
 
@@ -296,6 +303,13 @@ class RequestTokens:
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
 
     def for_user(self, token: str, user: str) -> str:
+        """``token`` narrowed to ``user`` and a few minutes. Raises
+        :class:`~pymap_admin.errors.InvalidUserName` for a user no caveat can
+        name: the full token is never sent in place of a narrowed one."""
+        if _UNSAFE_IN_CAVEAT.search(user) or len(user.encode("utf-8", "replace")) > (
+                MAX_USER_NAME):
+            raise InvalidUserName(f"user name unusable in a request: {user[:64]!r}"
+                                  f"{'...' if len(user) > 64 else ''}")
         now = time.monotonic()
         cached = self._cache.get((token, user))
         if cached is not None and cached[1] > now:
@@ -305,7 +319,7 @@ class RequestTokens:
                                  expires=_rounded_up(datetime.now(UTC) + self._lifetime,
                                                      self._lifetime))
         except ValueError:
-            return token
+            return token  # not a macaroon: the server will judge it
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[(token, user)] = (narrowed, now + self._renew_after.total_seconds())
