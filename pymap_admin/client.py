@@ -156,8 +156,10 @@ class AdminClient:
                          for member in self.settings.members()]
         #: The admin endpoints and how they are used (one: just that one).
         self.pool = EndpointPool(endpoints, health_interval=health_interval)
+        # The file is re-read at once when the server refuses its token, so
+        # looking at it once a second is enough otherwise.
         self._tokens = tokens if tokens is not None else TokenSource(
-            token=self.settings.token, path=self.settings.token_path())
+            token=self.settings.token, path=self.settings.token_path(), check_interval=1.0)
         self._request_tokens = RequestTokens() if attenuate_tokens else None
         self._short_lived = short_lived
         self._login_tokens: LoginTokens | None = None
