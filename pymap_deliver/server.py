@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from .lmtp import R_TOO_MANY_CONNECTIONS, DeliveryBackend, LMTPOptions, LMTPSession
+from pymap_admin.outcomes import Replies
+
+from .lmtp import DeliveryBackend, LMTPOptions, LMTPSession
 
 __all__ = [
     "DeliveryServer",
@@ -32,7 +34,6 @@ __all__ = [
     "TcpEndpoint",
     "UnixEndpoint",
     "install_signal_handlers",
-    "serve",
     "systemd_listen_sockets",
 ]
 
@@ -207,7 +208,7 @@ class DeliveryServer:
         self._sessions: set[LMTPSession] = set()
         self._stopping = False
         self._closed: asyncio.Event | None = None
-        self._refusal = R_TOO_MANY_CONNECTIONS.format(host=config.hostname).encode() + b"\r\n"
+        self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
 
     @property
     def session_count(self) -> int:
@@ -337,11 +338,3 @@ def install_signal_handlers(
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
-
-
-async def serve(backend: DeliveryBackend, config: ServerConfig) -> None:
-    """Run a server until SIGTERM/SIGINT and until it has closed gracefully."""
-    server = DeliveryServer(backend, config)
-    await server.start()
-    install_signal_handlers(asyncio.get_running_loop(), server)
-    await server.wait_closed()
