@@ -1,12 +1,13 @@
 # The two commands of the README:
 #   make run    the local stack: pymap (in-memory) with pymap-deliver in front
+#   make run-cluster   the same in front of two pymap members sharing a private Redis
 #   make test   everything CI checks
 PYTHON ?= python3
 VENV := .venv
 PYMAP_VENV := .venv-pymap
 PYMAP_SPEC := pymap[admin,macaroon,sieve,redis,swim]==0.36.7
 
-.PHONY: run test venv pymap-venv lint typecheck check-generated generate pytest bench clean
+.PHONY: run run-cluster test venv pymap-venv lint typecheck check-generated generate pytest bench clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -44,6 +45,9 @@ test: check-generated lint pytest
 
 run: venv pymap-venv
 	$(VENV)/bin/python -m devstack.stack
+
+run-cluster: venv pymap-venv
+	$(VENV)/bin/python -m devstack.stack --cluster 2
 
 bench: venv pymap-venv
 	$(VENV)/bin/python -m benchmarks.append_cli

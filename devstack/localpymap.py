@@ -11,14 +11,16 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: The checkout this package runs from (an editable install): where the
 #: Makefile puts the server's environment.
@@ -54,6 +56,10 @@ class PymapServer:
 
     workdir: Path
     backend: Sequence[str] = ("dict", "--demo-data")
+    #: Global pymap options (before the backend), e.g. its SWIM settings.
+    options: Sequence[str] = ()
+    #: Extra environment of the process (e.g. SWIM_SECRET_FILE).
+    environment: Mapping[str, str] = field(default_factory=dict)
     tls: TLSFiles | None = None
     debug: bool = False
     imap_port: int = field(default_factory=free_port)
@@ -95,6 +101,7 @@ class PymapServer:
         if self.tls is not None:
             args += ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]
         args += ["--no-tls"]
+        args += list(self.options)
         args += list(self.backend)
         return args
 
@@ -104,7 +111,7 @@ class PymapServer:
         # A new token file is the sign that this process is up: drop the old one.
         with contextlib.suppress(FileNotFoundError):
             self.token_path.unlink()
-        env = {**os.environ, "TMPDIR": str(self.tmpdir)}
+        env = {**os.environ, **self.environment, "TMPDIR": str(self.tmpdir)}
         for name in [k for k in env if k.startswith("PYMAP_ADMIN")]:
             del env[name]
         log = self.log_path.open("ab")
@@ -170,19 +177,14 @@ class PymapServer:
         """Every message in ``mailbox``, as stored (RFC822), in UID order."""
         conn = self.imap(user, password)
         try:
-            status, _ = conn.select(_quote(mailbox), readonly=True)
+            status, exists = conn.select(_quote(mailbox), readonly=True)
             if status != "OK":
                 raise AssertionError(f"cannot select {mailbox}")
-            status, data = conn.uid("SEARCH", "ALL")
-            uids = data[0].split() if data and data[0] else []
-            messages = []
-            for uid in uids:
-                status, parts = conn.uid("FETCH", uid, "(BODY.PEEK[])")
-                assert status == "OK"
-                for part in parts:
-                    if isinstance(part, tuple):
-                        messages.append(part[1])
-            return messages
+            if exists and exists[0] == b"0":
+                return []
+            status, data = conn.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
+            assert status == "OK"
+            return [body for _, body in sorted(_fetched(data).items())]
         finally:
             with contextlib.suppress(Exception):
                 conn.logout()
@@ -192,14 +194,27 @@ class PymapServer:
         conn = self.imap(user, password)
         try:
             conn.select(_quote(mailbox), readonly=True)
-            _, parts = conn.uid("FETCH", str(uid), "(BODY.PEEK[])")
-            for part in parts:
-                if isinstance(part, tuple):
-                    return bytes(part[1])
-            raise AssertionError(f"no message with UID {uid} in {mailbox}")
+            _, parts = conn.uid("FETCH", str(uid), "(UID BODY.PEEK[])")
+            found = _fetched(parts).get(uid)
+            if found is None:
+                raise AssertionError(f"no message with UID {uid} in {mailbox}")
+            return found
         finally:
             with contextlib.suppress(Exception):
                 conn.logout()
+
+
+def _fetched(parts: list[Any]) -> dict[int, bytes]:
+    """UID -> message of a FETCH answer: each literal is matched to the UID
+    its response names, so a read-back of hundreds of messages takes one
+    command and no unsolicited FETCH response is taken for another message."""
+    found: dict[int, bytes] = {}
+    for part in parts:
+        if isinstance(part, tuple):
+            match = re.search(rb"\bUID (\d+)", part[0])
+            if match is not None:
+                found[int(match.group(1))] = bytes(part[1])
+    return found
 
 
 def _quote(mailbox: str) -> str:

@@ -5,6 +5,11 @@ Starts a pymap server (``dict --demo-data``, its own environment, a private
 temporary folder), serves LMTP on loopback TCP and a UNIX socket, delivers a
 sample message through LMTP, shows the reply and the message read back over
 IMAP, then keeps serving until Ctrl-C (or SIGTERM) stops everything.
+
+``--cluster N`` (``make run-cluster``: two) starts a pymap cluster instead:
+a private redis-server and N pymap members on its ``redis`` backend in one
+SWIM cluster, with pymap-deliver in front of all of them; the sample is read
+back through a member other than the one that stored it.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devstack.localpymap import DEMO_PASSWORD, DEMO_USER, PymapServer, free_port
 from pymap_admin import AdminClient, ConnectionSettings
+from pymap_admin.settings import EndpointAddress
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
 from pymap_deliver.main import configure_logging
 from pymap_deliver.server import (
@@ -34,6 +41,9 @@ from pymap_deliver.server import (
     UnixEndpoint,
     install_signal_handlers,
 )
+
+if TYPE_CHECKING:
+    from devstack.cluster import PymapCluster
 
 log = logging.getLogger("devstack.stack")
 
@@ -92,6 +102,76 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_cluster(args: argparse.Namespace) -> int:
+    from devstack.cluster import PymapCluster, redis_executable
+
+    if redis_executable() is None:
+        print("redis-server is not installed (apt-get install redis-server)", file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="pymap-cluster-"))
+    cluster = PymapCluster(workdir=workdir, size=args.cluster)
+    print(f"starting redis-server and {args.cluster} pymap members (redis backend, "
+          f"one SWIM cluster) in {workdir} ...", flush=True)
+    await asyncio.to_thread(cluster.start)
+    try:
+        token = await _cluster_identity(cluster)
+        settings = ConnectionSettings(
+            endpoints=tuple(EndpointAddress(path=path) for path in cluster.socket_paths()),
+            token=token)
+        port = args.port or free_port()
+        config = ServerConfig(tcp=(TcpEndpoint(host="127.0.0.1", port=port),),
+                              hostname=socket.gethostname() or "localhost")
+        async with AdminClient(settings) as client:
+            backend = PymapBackend(client, DeliveryOptions(hostname=config.hostname))
+            server = DeliveryServer(backend, config)
+            await server.start()
+            install_signal_handlers(asyncio.get_running_loop(), server)
+            before = [e.operations["Append"] for e in client.pool.endpoints]
+            data = sample_message()
+            print(f"\ndelivering a sample message to {DEMO_USER} over LMTP ...", flush=True)
+            reply = await asyncio.to_thread(_lmtp_reply, port, data)
+            print(f"LMTP reply: {reply}")
+            # The member that took the Append, and another one to read from.
+            stored_by = max(range(cluster.size),
+                            key=lambda i: client.pool.endpoints[i].operations["Append"] - before[i])
+            reader = (stored_by + 1) % cluster.size
+            stored = await asyncio.to_thread(cluster.members[reader].fetch_all)
+            print(f"\nstored through member {stored_by}; read back over IMAP through "
+                  f"member {reader} (INBOX of {DEMO_USER}, newest message):\n")
+            print(stored[-1].decode("utf-8", "replace").replace("\r\n", "\n"))
+            print("pymap-deliver is serving, in front of every member. Point your MTA at it:")
+            print(f"  postfix:  mailbox_transport = lmtp:inet:127.0.0.1:{port}")
+            for index, member in enumerate(cluster.members):
+                print(f"  member {index}: IMAP 127.0.0.1:{member.imap_port}, "
+                      f"admin socket {member.socket_path}")
+            print(f"  IMAP user {DEMO_USER} / {DEMO_PASSWORD} on any member")
+            print(f"  redis:    {cluster.redis.url}")
+            print("Press Ctrl-C to stop.", flush=True)
+            if args.once:
+                server.stop()
+            await server.wait_closed()
+    finally:
+        print("stopping the cluster ...", flush=True)
+        await asyncio.to_thread(cluster.cleanup)
+    print("stopped.")
+    return 0
+
+
+async def _cluster_identity(cluster: PymapCluster) -> str:
+    """Create the demo user and a delivery user with role admin through
+    member 0 (with its own admin token, which the other members trust only
+    once SWIM has converged), and return the delivery user's login token:
+    it lives in Redis, so every member accepts it at once."""
+    import secrets
+
+    first = cluster.members[0]
+    settings = ConnectionSettings(path=first.socket_path, token_file=first.token_path)
+    async with AdminClient(settings) as admin:
+        await admin.set_user(DEMO_USER, password=DEMO_PASSWORD)
+        await admin.set_user("pymap-deliver", password=secrets.token_hex(16), roles=["admin"])
+        return (await admin.login("pymap-deliver")).bearer_token
+
+
 def _lmtp_reply(port: int, data: bytes) -> str:
     """The reply to the sample transaction, as text."""
     with smtplib.LMTP("127.0.0.1", port, local_hostname="stack.example.com") as lmtp:
@@ -109,11 +189,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="LMTP TCP port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--once", action="store_true",
                         help="stop after the sample delivery instead of serving")
+    parser.add_argument("--cluster", metavar="N", type=int, default=0,
+                        help="N pymap members on a private redis-server, in one SWIM "
+                             "cluster, instead of one in-memory pymap")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.cluster < 0 or args.cluster == 1:
+        parser.error("--cluster needs at least 2 members")
     configure_logging(getattr(logging, args.log_level.upper()), sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run(args))
+        return asyncio.run(run_cluster(args) if args.cluster else run(args))
     return 0
 
 

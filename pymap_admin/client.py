@@ -1,27 +1,29 @@
 """The async client of pymap's admin API.
 
-One :class:`AdminClient` owns one grpclib channel: one HTTP/2 connection on
-which any number of calls are multiplexed, reconnected on demand after the
-server went away. Results are plain dataclasses; failures are the exceptions
+One :class:`AdminClient` owns one grpclib channel per admin endpoint: one
+HTTP/2 connection on which any number of calls are multiplexed, reconnected
+on demand after the server went away. With several endpoints (members of a
+pymap cluster) the pool of :mod:`pymap_admin.pool` spreads the calls and
+fails over. Results are plain dataclasses; failures are the exceptions
 of :mod:`pymap_admin.errors`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec, ProtoStatusDetailsCodec
-from grpclib.exceptions import GRPCError
 
 from . import errors
+from .pool import DEFAULT_HEALTH_INTERVAL, Endpoint, EndpointPool, MethodOf
 from .settings import DEFAULT_PORT, ConnectionSettings
 from .tokens import RequestTokens, TokenSource, inspect_token
 
@@ -41,9 +43,6 @@ __all__ = [
 #: pymap accepts 0.12.x from a 0.12.y server; our own package version would
 #: be refused.
 PROTOCOL_VERSION = "0.12.1"
-
-_R = TypeVar("_R")
-
 
 @dataclass(frozen=True, slots=True)
 class PingResult:
@@ -84,6 +83,20 @@ class UserInfo:
     response: str = ""
 
 
+# Each endpoint's method for each call (pool.MethodOf).
+_PING: MethodOf = attrgetter("system.Ping")
+_LOGIN: MethodOf = attrgetter("system.Login")
+_CHECK: MethodOf = attrgetter("health.Check")
+_APPEND: MethodOf = attrgetter("mailbox.Append")
+_GET_USER: MethodOf = attrgetter("user.GetUser")
+_SET_USER: MethodOf = attrgetter("user.SetUser")
+_DELETE_USER: MethodOf = attrgetter("user.DeleteUser")
+#: Calls not repeated on another member after a connection lost mid-call:
+#: a second SetUser could overwrite a change made in between, a second
+#: DeleteUser would answer "unknown user" for a user it did delete.
+_NOT_RETRIED = frozenset({"SetUser", "DeleteUser"})
+
+
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace").strip()
 
@@ -118,21 +131,22 @@ class AdminClient:
         tokens: TokenSource | None = None,
         attenuate_tokens: bool = True,
         protocol_version: str = PROTOCOL_VERSION,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
     ) -> None:
         self.settings = settings if settings is not None else ConnectionSettings()
         self._timeout = self.settings.timeout
-        self._channel = channel if channel is not None else _make_channel(self.settings)
+        if channel is not None:
+            endpoints = [Endpoint("the admin service", channel)]
+        else:
+            endpoints = [Endpoint(member.target, _make_channel(member))
+                         for member in self.settings.members()]
+        #: The admin endpoints and how they are used (one: just that one).
+        self.pool = EndpointPool(endpoints, health_interval=health_interval)
         # Only our own channel's codec knows _SerializedAppend.
         self._own_codec = channel is None
-        self._target = self.settings.target if channel is None else "the admin service"
         self._tokens = tokens if tokens is not None else TokenSource(
             token=self.settings.token, path=self.settings.token_path())
         self._request_tokens = RequestTokens() if attenuate_tokens else None
-        from .grpc.admin_grpc import MailboxStub, SystemStub, UserStub
-
-        self._system = SystemStub(self._channel)
-        self._mailbox = MailboxStub(self._channel)
-        self._user = UserStub(self._channel)
         self._version_metadata = {"client-version": protocol_version}
 
     async def __aenter__(self) -> Self:
@@ -143,7 +157,7 @@ class AdminClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        self.pool.close()
 
     @property
     def tokens(self) -> TokenSource:
@@ -151,24 +165,14 @@ class AdminClient:
 
     # --- plumbing -------------------------------------------------------
 
-    async def _invoke(self, call: Callable[..., Awaitable[_R]], request: Any,
-                      metadata: Mapping[str, str], timeout: float | None) -> _R:
-        try:
-            return await call(request, timeout=timeout or self._timeout, metadata=metadata)
-        except GRPCError as exc:
-            raise errors.map_grpc_error(exc) from exc
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            raise errors.map_os_error(exc, self._target) from exc
-        except errors.AdminError:
-            raise
-        except Exception as exc:
-            # grpclib and h2 raise a few of their own types for broken streams;
-            # map_os_error knows them and calls the rest a broken connection.
-            from grpclib.exceptions import ProtocolError, StreamTerminatedError
-
-            if isinstance(exc, StreamTerminatedError | ProtocolError):
-                raise errors.map_os_error(exc, self._target) from exc
-            raise
+    async def _invoke(self, operation: str, method: MethodOf, request: Any,
+                      metadata: Mapping[str, str], timeout: float | None, *,
+                      user: str | None = None) -> Any:
+        """One call through the pool. Changing calls are not retried once
+        they may have been carried out; see :mod:`pymap_admin.pool`."""
+        return await self.pool.call(operation, method, request, metadata,
+                                    timeout or self._timeout, subject=user,
+                                    retry_ambiguous=operation not in _NOT_RETRIED)
 
     def _token_metadata(self, user: str | None) -> dict[str, str]:
         token = self._tokens.current()
@@ -176,15 +180,16 @@ class AdminClient:
             token = self._request_tokens.for_user(token, user)
         return {**self._version_metadata, "auth-token": token}
 
-    async def _authenticated(self, operation: str, call: Callable[..., Awaitable[_R]],
+    async def _authenticated(self, operation: str, method: MethodOf,
                              request: Any, user: str | None, *,
-                             timeout: float | None = None) -> _R:
+                             timeout: float | None = None) -> Any:
         """A token-authenticated call, retried once with a re-read token file
         if the server refused the token (it restarted with a new one)."""
         retried = False
         while True:
-            response = await self._invoke(call, request, self._token_metadata(user), timeout)
-            result = response.result  # type: ignore[attr-defined]
+            response = await self._invoke(operation, method, request,
+                                          self._token_metadata(user), timeout, user=user)
+            result = response.result
             if result.code == 0:
                 return response
             error = errors.result_error(result.key, _text(result.response), operation=operation)
@@ -211,7 +216,7 @@ class AdminClient:
     async def ping(self, *, timeout: float | None = None) -> PingResult:
         from .grpc.admin_pb2 import PingRequest
 
-        response = await self._invoke(self._system.Ping, PingRequest(),
+        response = await self._invoke("Ping", _PING, PingRequest(),
                                       self._version_metadata, timeout)
         return PingResult(response.pymap_version, response.pymap_admin_version,
                           _text(response.result.response))
@@ -223,11 +228,9 @@ class AdminClient:
         unknown name raises :class:`~pymap_admin.errors.UnexpectedStatus`
         (NOT_FOUND).
         """
-        from grpclib.health.v1.health_grpc import HealthStub
         from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-        stub = HealthStub(self._channel)
-        response = await self._invoke(stub.Check, HealthCheckRequest(service=service),
+        response = await self._invoke("Check", _CHECK, HealthCheckRequest(service=service),
                                       self._version_metadata, timeout)
         return bool(response.status == HealthCheckResponse.SERVING)
 
@@ -252,14 +255,14 @@ class AdminClient:
             raise ValueError("expiration must carry a timezone")
         if password is not None:
             request.secret = password
-            response = await self._invoke(self._system.Login, request,
-                                          self._version_metadata, timeout)
+            response = await self._invoke("Login", _LOGIN, request,
+                                          self._version_metadata, timeout, user=user)
             result = response.result
             if result.code != 0:
                 raise errors.result_error(result.key, _text(result.response),
                                           operation="Login")
         else:
-            response = await self._authenticated("Login", self._system.Login, request, user,
+            response = await self._authenticated("Login", _LOGIN, request, user,
                                                  timeout=timeout)
         token = response.bearer_token
         if expiration is not None:
@@ -296,7 +299,7 @@ class AdminClient:
         else:
             request.data = prefix + data
             send = request
-        response = await self._authenticated("Append", self._mailbox.Append, send, user,
+        response = await self._authenticated("Append", _APPEND, send, user,
                                              timeout=timeout)
         return AppendResult(
             mailbox=response.mailbox,
@@ -310,7 +313,7 @@ class AdminClient:
     async def get_user(self, user: str, *, timeout: float | None = None) -> UserInfo:
         from .grpc.admin_pb2 import GetUserRequest
 
-        response = await self._authenticated("GetUser", self._user.GetUser,
+        response = await self._authenticated("GetUser", _GET_USER,
                                              GetUserRequest(user=user), user, timeout=timeout)
         return _user_info(response)
 
@@ -337,7 +340,7 @@ class AdminClient:
             request.previous_entity_tag = previous_entity_tag
         else:
             request.overwrite = overwrite
-        response = await self._authenticated("SetUser", self._user.SetUser, request, user,
+        response = await self._authenticated("SetUser", _SET_USER, request, user,
                                              timeout=timeout)
         return _user_info(response)
 
@@ -356,7 +359,7 @@ class AdminClient:
     async def delete_user(self, user: str, *, timeout: float | None = None) -> None:
         from .grpc.admin_pb2 import DeleteUserRequest
 
-        await self._authenticated("DeleteUser", self._user.DeleteUser,
+        await self._authenticated("DeleteUser", _DELETE_USER,
                                   DeleteUserRequest(user=user), user, timeout=timeout)
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "SOCKET_NAME",
     "TOKEN_NAME",
     "ConnectionSettings",
+    "EndpointAddress",
     "config_home",
     "discover",
     "load_settings",
@@ -84,6 +85,21 @@ def _parse_bool(name: str, value: str) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class EndpointAddress:
+    """One admin endpoint of several: a TCP ``host``/``port`` or a socket ``path``."""
+
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.host is None) == (self.path is None):
+            raise ConfigurationError("an endpoint is a host or a socket path")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ConfigurationError(f"port out of range: {self.port}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ConnectionSettings:
     """Where and how to reach the pymap admin service.
 
@@ -106,6 +122,7 @@ class ConnectionSettings:
     no_verify_cert: bool = False
     tls: bool | None = None
     timeout: float = DEFAULT_TIMEOUT
+    endpoints: tuple[EndpointAddress, ...] = ()
 
     def __post_init__(self) -> None:
         if self.port is not None and not 0 < self.port < 65536:
@@ -123,12 +140,25 @@ class ConnectionSettings:
     def uses_tls(self) -> bool:
         return self.uses_tcp and self.tls is not False
 
+    def members(self) -> tuple[ConnectionSettings, ...]:
+        """One settings value per endpoint: this one, or one per ``endpoints``."""
+        if not self.endpoints:
+            return (self,)
+        from dataclasses import replace
+
+        return tuple(replace(self, host=e.host, port=e.port, path=e.path, endpoints=())
+                     for e in self.endpoints)
+
     @property
     def target(self) -> str:
         """Where we connect, for messages."""
+        if self.endpoints:
+            return ", ".join(member.target for member in self.members())
         if self.uses_tcp:
             scheme = "https" if self.uses_tls else "http"
-            return f"{scheme}://{self.host or 'localhost'}:{self.port or DEFAULT_PORT}"
+            host = self.host or "localhost"
+            host = f"[{host}]" if ":" in host else host
+            return f"{scheme}://{host}:{self.port or DEFAULT_PORT}"
         return f"unix:{self.socket_path()}"
 
     def socket_path(self) -> Path:
@@ -256,5 +286,67 @@ def load_settings(
     token = given.get("token") or (None if "token_file" in given else env.get("PYMAP_ADMIN_TOKEN"))
     if token:
         values["token"] = str(token).strip()
+    _split_endpoints(values)
     known = {f.name for f in fields(ConnectionSettings)}
     return ConnectionSettings(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
+
+
+def split_list(value: object) -> list[str]:
+    """A list setting: items separated by commas or line breaks (a config
+    file may put one per line)."""
+    return [item.strip() for item in str(value).replace("\n", ",").split(",") if item.strip()]
+
+
+def parse_host(text: str, default_port: int | None) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigurationError(f"host: unclosed bracket in {text!r}")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigurationError(f"host: not [ADDRESS]:PORT: {text!r}")
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, number = text.split(":")
+        port = _port(number, text)
+    if not host:
+        raise ConfigurationError(f"host: no host name in {text!r}")
+    return host, port
+
+
+def _port(number: str, text: str) -> int:
+    try:
+        port = int(number)
+    except ValueError:
+        raise ConfigurationError(f"host: not HOST:PORT: {text!r}") from None
+    if not 0 < port < 65536:
+        raise ConfigurationError(f"port out of range: {port}")
+    return port
+
+
+def _split_endpoints(values: dict[str, object]) -> None:
+    """Turn list-valued ``host``/``path`` into ``endpoints``. One endpoint
+    stays in ``host``/``port``/``path`` exactly as before."""
+    hosts = split_list(values["host"]) if "host" in values else []
+    paths = split_list(values["path"]) if "path" in values else []
+    default_port = values.get("port")
+    assert default_port is None or isinstance(default_port, int)
+    if hosts:
+        # TCP wins over a socket path, as it does for a single endpoint.
+        parsed = [parse_host(item, default_port) for item in hosts]
+        if len(parsed) == 1:
+            values["host"], values["port"] = parsed[0]
+            return
+        values["endpoints"] = tuple(EndpointAddress(host=h, port=p) for h, p in parsed)
+    elif len(paths) > 1:
+        values["endpoints"] = tuple(EndpointAddress(path=Path(p).expanduser()) for p in paths)
+    elif paths:
+        values["path"] = Path(paths[0]).expanduser()
+        return
+    else:
+        return
+    for name in ("host", "port", "path"):
+        values.pop(name, None)

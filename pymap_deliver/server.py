@@ -330,7 +330,7 @@ def install_signal_handlers(
     server: DeliveryServer,
     signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
-    """Make SIGTERM and SIGINT stop the server gracefully."""
+    """Make SIGTERM and SIGINT stop the server gracefully, and SIGHUP harmless."""
 
     def on_signal(signum: signal.Signals) -> None:
         log.info("received %s, stopping", signum.name)
@@ -338,3 +338,7 @@ def install_signal_handlers(
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
+    # HUP's default action kills the process: a daemon must survive it (an
+    # operator's habit, a closed terminal). Reloading is not implemented yet.
+    loop.add_signal_handler(signal.SIGHUP, log.info,
+                            "received SIGHUP: ignored (nothing to reload yet)")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.cluster import PymapCluster
 from devstack.localpymap import (
     PymapServer,
     TLSFiles,
@@ -111,3 +112,23 @@ def tcp_settings(server: PymapServer, files: TLSFiles, **overrides: object
 async def create_user(server: PymapServer, user: str, password: str = "pw") -> None:
     async with AdminClient(socket_settings(server)) as client:
         await client.set_user(user, password=password)
+
+
+def require_cluster() -> None:
+    from devstack.cluster import redis_executable
+
+    require_pymap()
+    require(redis_executable() is not None, "redis-server is not installed")
+
+
+@pytest.fixture
+def pymap_cluster(tmp_path: Path) -> Iterator[PymapCluster]:
+    """A private redis-server and two pymap members in one SWIM cluster, of
+    this test's own (it may kill and restart members)."""
+    require_cluster()
+    cluster = PymapCluster(workdir=tmp_path / "cluster", size=2)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()

@@ -357,3 +357,88 @@ async def test_append_bytes_in_flight_are_bounded(tmp_path: Path) -> None:
     assert [r.code for r in replies] == [250] * 20
     assert len([c for c in fake.calls if c.method == "Append"]) == 20
     assert 1 <= fake.max_in_flight <= 4
+
+
+# -- 5. pipelined RCPTs answered only after every lookup -----------------------------
+
+
+async def test_pipelined_replies_are_flushed_before_each_wait_on_pymap(
+        fresh_pymap: PymapServer) -> None:
+    """MAIL and 50 RCPTs to unknown users in one write, while pymap answers
+    nothing: the reply to MAIL must not wait for the lookups. Then at most
+    20 refusals (the error limit) before the session is closed, so one
+    session cannot make unbounded GetUser calls."""
+    batch = b"MAIL FROM:<s@example.com>\r\n" + b"".join(
+        b"RCPT TO:<nobody%d@example.com>\r\n" % i for i in range(50))
+    async with deliver_agent(fresh_pymap) as agent:
+        client = await lmtp(agent)
+        with frozen(fresh_pymap):
+            await client.send(batch)
+            mail = await client.read_reply()
+            assert (mail.code, mail.enhanced) == (250, "2.1.0"), mail
+        replies = []
+        with suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                replies.append(await client.read_reply())
+        await client.close()
+    codes = [r.code for r in replies]
+    # A reset may swallow the last replies; none may be other than these.
+    assert set(codes) <= {550, 421}, replies
+    assert codes.count(550) <= 20
+    assert codes.count(550) >= 1
+
+
+# -- 6. SIGHUP kills the daemon ---------------------------------------------------
+
+
+async def test_sighup_does_not_kill_the_daemon(pymap: PymapServer, tmp_path: Path) -> None:
+    tag, data = unique()
+    async with DeliverProcess(pymap, tmp_path) as agent:
+        client = await agent.client()  # serving: its signal handlers are in place
+        agent.signal(signal.SIGHUP)
+        _, replies = await client.transaction("s@example.com", [DEMO_USER], data)
+        assert [r.code for r in replies] == [250]
+        await client.quit()
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait() == 0, agent.log
+    assert "SIGHUP" in agent.log
+    assert len(find(await asyncio.to_thread(pymap.fetch_all), tag)) == 1
+
+
+# -- also: control characters, long Sieve reasons ------------------------------------
+
+
+async def test_control_characters_in_addresses_and_long_sieve_reason(
+        maildir_pymap: PymapServer) -> None:
+    """Form feed, vertical tab, file separator in MAIL/RCPT: 501 at once (they
+    used to get 250, then 451 after DATA on every retry, as pymap's maildir
+    backend cannot parse such a Return-Path). A Sieve reject reason of 10,000
+    characters: one reply line of at most 512 octets."""
+    await create_user(maildir_pymap, "carl")
+    await create_user(maildir_pymap, "rita")
+    rita = maildir_pymap.workdir / "maildir" / "rita"
+    rita.mkdir(parents=True, exist_ok=True)
+    (rita / "dovecot.sieve").write_text(
+        'require "reject";\nreject "' + "no " * 3333 + 'x";\n')
+    tag, data = unique()
+    async with deliver_agent(maildir_pymap) as agent:
+        client = await lmtp(agent)
+        for char in "\x0c\x0b\x1c\t\x7f":
+            reply = await client.command(f"MAIL FROM:<a{char}X-Evil:\tyes@x.example>")
+            assert (reply.code, reply.enhanced) == (501, "5.1.7"), (char, reply)
+        assert (await client.command("MAIL FROM:<s@example.com>")).code == 250
+        for char in "\x0c\x0b\x1c":
+            reply = await client.command(f"RCPT TO:<carl{char}>")
+            assert (reply.code, reply.enhanced) == (501, "5.1.3"), (char, reply)
+        assert (await client.command("RCPT TO:<carl>")).code == 250
+        assert (await client.command("RCPT TO:<rita>")).code == 250
+        assert (await client.command("DATA")).code == 354
+        await client.send(data + b".\r\n")
+        raw = [await asyncio.wait_for(client.reader.readuntil(b"\r\n"), CLOSE_TIMEOUT)
+               for _ in range(2)]
+        await client.close()
+    assert raw[0] == b"250 2.0.0 Message delivered\r\n"
+    assert raw[1].startswith(b"550 5.7.1 no no no")
+    assert len(raw[1]) <= 512
+    stored = await asyncio.to_thread(maildir_pymap.fetch_all, "INBOX", "carl", "pw")
+    assert len(find(stored, tag)) == 1

@@ -27,16 +27,32 @@ def port_number(value: str) -> int:
     return port
 
 
+class _Repeatable(argparse.Action):
+    """A repeatable option kept as one comma-separated value, the form the
+    environment and the config file use for several endpoints; given once,
+    the value is exactly what it was before the option became repeatable."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        if current is not None:
+            values = type(values)(f"{current},{values}")
+        setattr(namespace, self.dest, values)
+
+
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the connection options. Every default means "not given", so that
     the environment and the config file still apply."""
     parser.add_argument("--config", metavar="PATH", type=Path,
                         help="connection config file (default: ~/.config/pymap/pymap-admin.conf)")
-    parser.add_argument("--host", metavar="HOST", help="server host (TCP, always TLS)")
+    parser.add_argument("--host", metavar="HOST[:PORT]", action=_Repeatable,
+                        help="server host (TCP, always TLS); repeat it for the members "
+                             "of a pymap cluster")
     parser.add_argument("--port", metavar="PORT", type=port_number,
                         help="server port (default: 50051)")
-    parser.add_argument("--path", metavar="PATH", type=Path,
-                        help="server socket file (used as given: no fallback)")
+    parser.add_argument("--path", metavar="PATH", type=Path, action=_Repeatable,
+                        help="server socket file (used as given: no fallback); repeat it "
+                             "for the members of a pymap cluster")
     parser.add_argument("--token-file", metavar="PATH", type=Path, help="auth token file")
     tls = parser.add_argument_group("tls options")
     tls.add_argument("--cert", metavar="FILE", type=Path, help="client certificate")

@@ -1,0 +1,193 @@
+"""The endpoint pool against in-process servers, for what a real pymap
+cannot be made to do on demand: drop a connection right after a request
+arrived, stay slow, be absent then appear. The real cluster is in
+test_cluster.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from grpclib.health.service import Health
+from grpclib.server import Server
+
+from pymap_admin import AdminClient, ConnectionReset, ConnectionSettings, ServerUnreachable
+from pymap_admin.grpc import admin_pb2 as pb
+from pymap_admin.outcomes import outcome_for_error
+from pymap_admin.settings import EndpointAddress
+
+from .fake_admin import FakeAdmin, RunningFake, _default_append
+from .test_tokens import admin_token
+
+#: In every message these tests append: how a dropping server tells an
+#: Append from a health check (header values are Huffman-coded, data is not).
+BODY = b"Subject: x\r\n\r\nx\r\n"
+
+
+class DropAfterRequest:
+    """Reads what the client sends until it pauses (the whole request is
+    in), then aborts the connection: the call was sent and gets no answer.
+    ``requests`` counts the connections that carried an Append of BODY."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.requests = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def _on_connect(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        received = b""
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 0.2)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        if BODY in received:
+            self.requests += 1
+        writer.transport.abort()
+
+    async def __aenter__(self) -> DropAfterRequest:
+        self._server = await asyncio.start_unix_server(self._on_connect, path=str(self.path))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+
+
+class HealthyFake(RunningFake):
+    """A FakeAdmin that also serves the standard health service, like pymap."""
+
+    def __init__(self, fake: FakeAdmin, path: Path) -> None:
+        super().__init__(fake, path)
+        self._server = Server([fake, Health()])
+
+
+def pool_settings(tmp_path: Path, *paths: Path, **kw: Any) -> ConnectionSettings:
+    token = tmp_path / "token"
+    token.write_text(admin_token())
+    return ConnectionSettings(endpoints=tuple(EndpointAddress(path=p) for p in paths),
+                              token_file=token, timeout=10.0, **kw)
+
+
+def appends(fake: FakeAdmin) -> int:
+    return sum(1 for call in fake.calls if call.method == "Append")
+
+
+async def test_a_call_refused_before_sending_goes_to_another_member(tmp_path: Path) -> None:
+    fake = FakeAdmin()
+    missing = tmp_path / "gone.sock"
+    async with HealthyFake(fake, tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, missing, tmp_path / "b.sock")) as client:
+        for _ in range(3):
+            result = await client.append("alice", BODY)
+            assert result.uid == 1
+        first, second = client.pool.endpoints
+        assert not first.healthy and second.healthy
+        assert appends(fake) == 3
+        # Only the call that met the dead member first moved; the rest went
+        # straight to the healthy one.
+        assert client.pool.stats.failovers == 1
+        assert client.pool.stats.ambiguous == 0
+
+
+async def test_a_call_lost_after_sending_is_retried_once_elsewhere_and_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeAdmin()
+    caplog.set_level(logging.INFO, "pymap_admin.pool")
+    async with DropAfterRequest(tmp_path / "a.sock") as dropper, \
+            HealthyFake(fake, tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
+                        ) as client:
+        # Equal load: the first endpoint comes first.
+        result = await client.append("alice", BODY)
+        assert result.uid == 1
+        assert dropper.requests == 1 and appends(fake) == 1
+        stats = client.pool.stats
+        assert (stats.ambiguous, stats.ambiguous_retried, stats.failovers) == (1, 1, 0)
+    lines = [r.getMessage() for r in caplog.records if "status=ambiguous" in r.getMessage()]
+    assert len(lines) == 1 and "op=Append" in lines[0] and "user=alice" in lines[0]
+    assert "action=retried" in lines[0]
+
+
+async def test_a_second_lost_call_is_a_temporary_failure(tmp_path: Path) -> None:
+    async with DropAfterRequest(tmp_path / "a.sock") as a, \
+            DropAfterRequest(tmp_path / "b.sock") as b, \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
+                        ) as client:
+        with pytest.raises(ConnectionReset) as caught:
+            await client.append("alice", BODY)
+        # Tried on each member once: never a third time.
+        assert (a.requests, b.requests) == (1, 1)
+        reply = outcome_for_error(caught.value).reply
+        assert (reply.code, reply.enhanced) == (451, "4.4.1")
+        stats = client.pool.stats
+        assert (stats.ambiguous, stats.ambiguous_retried) == (2, 1)
+
+
+async def test_a_changing_call_is_not_repeated_after_a_lost_connection(tmp_path: Path) -> None:
+    fake = FakeAdmin()
+    async with DropAfterRequest(tmp_path / "a.sock"), \
+            HealthyFake(fake, tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
+                        ) as client:
+        with pytest.raises(ConnectionReset):
+            await client.set_user("alice", password="pw")
+        assert fake.calls == []
+        assert client.pool.stats.ambiguous == 1
+
+
+async def test_calls_go_to_the_member_with_fewest_in_flight(tmp_path: Path) -> None:
+    async def slow_append(request: pb.AppendRequest) -> pb.AppendResponse:
+        await asyncio.sleep(0.2)
+        return await _default_append(request)
+
+    fakes = [FakeAdmin(script={"Append": slow_append}) for _ in range(2)]
+    async with HealthyFake(fakes[0], tmp_path / "a.sock"), \
+            HealthyFake(fakes[1], tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
+                        ) as client:
+        await asyncio.gather(*(client.append(f"u{i}", BODY) for i in range(10)))
+        assert [appends(f) for f in fakes] == [5, 5]
+        assert [f.max_in_flight for f in fakes] == [5, 5]
+
+
+async def test_no_healthy_member_then_one_comes_back(tmp_path: Path) -> None:
+    paths = (tmp_path / "a.sock", tmp_path / "b.sock")
+    async with AdminClient(pool_settings(tmp_path, *paths)) as client:
+        with pytest.raises(ServerUnreachable):
+            await client.append("alice", BODY)
+        assert client.pool.healthy() == []
+        with pytest.raises(ServerUnreachable, match="no healthy"):
+            await client.append("alice", BODY)
+        assert client.pool.stats.no_healthy >= 1
+        fake = FakeAdmin()
+        async with HealthyFake(fake, paths[1]):
+            # The down member is re-probed with backoff (0.1 s doubling, 2 s at most).
+            deadline = time.monotonic() + 15
+            while not client.pool.healthy() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert [e.target for e in client.pool.healthy()] == [f"unix:{paths[1]}"]
+            assert (await client.append("alice", BODY)).uid == 1
+
+
+async def test_one_endpoint_is_used_as_before(tmp_path: Path) -> None:
+    settings = pool_settings(tmp_path)  # no endpoints: path from the settings
+    settings = ConnectionSettings(path=tmp_path / "gone.sock", token_file=settings.token_file)
+    async with AdminClient(settings) as client:
+        assert client.pool.single
+        for _ in range(2):
+            # Never "no healthy endpoint": the one endpoint is always tried.
+            with pytest.raises(ServerUnreachable, match="cannot connect"):
+                await client.append("alice", BODY)
+        assert all(e.watcher is None for e in client.pool.endpoints)
