@@ -39,15 +39,26 @@ __all__ = [
 
 
 class ExitStatus(IntEnum):
-    """The sysexits(3) values an MTA understands."""
+    """Every exit status of ``pymap-admin`` and ``pymap-deliver``: sysexits(3)
+    values, which an MTA understands, and the shell's conventions."""
 
     OK = 0
+    #: A command that ran and failed (``check``: not serving).
+    FAILURE = 1
+    #: EX_USAGE: a mistake on the command line (``append`` uses TEMPFAIL).
+    USAGE = 64
     DATAERR = 65
     NOUSER = 67
+    #: EX_SOFTWARE: our own bug, found at start-up.
     SOFTWARE = 70
+    #: EX_OSERR: the system refused (a listener that cannot be bound).
     OSERR = 71
     TEMPFAIL = 75
     NOPERM = 77
+    #: EX_CONFIG: the configuration is wrong.
+    CONFIG = 78
+    #: Interrupted by SIGINT (128 + 2), as a shell reports it.
+    INTERRUPTED = 130
 
 
 # RFC 5321 section 4.5.3.1.5: a reply line is at most 512 octets, code and

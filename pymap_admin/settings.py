@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError
+from .options import CONNECTION_OPTIONS, Option, read_ini
 
 if TYPE_CHECKING:
     import ssl
@@ -45,8 +46,8 @@ DEFAULT_PORT = 50051
 #: postfix's 600 s LMTP data-done timeout.
 DEFAULT_TIMEOUT = 60.0
 
-_TRUE = frozenset({"1", "yes", "true", "on"})
-_FALSE = frozenset({"0", "no", "false", "off", ""})
+_TOKEN_ENV = next(o.env for o in CONNECTION_OPTIONS if o.name == "token")
+_CONFIG_ENV = next(o.env for o in CONNECTION_OPTIONS if o.name == "config")
 
 
 def config_home() -> Path:
@@ -70,18 +71,13 @@ def discover(name: str) -> Path | None:
     """The first existing default location for ``name``, or None."""
     for folder in (config_home(), _temp_home()):
         candidate = folder / name
-        if candidate.exists():
-            return candidate
+        try:
+            if candidate.exists():
+                return candidate
+        except OSError:
+            # A folder we may not enter (another user's home, say): not ours to use.
+            continue
     return None
-
-
-def _parse_bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigurationError(f"{name}: expected yes/no, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -197,46 +193,27 @@ class ConnectionSettings:
         return context
 
 
-# name -> (environment variable, kind)
-_SOURCES: Mapping[str, tuple[str, str]] = {
-    "host": ("PYMAP_ADMIN_HOST", "str"),
-    "port": ("PYMAP_ADMIN_PORT", "int"),
-    "path": ("PYMAP_ADMIN_SOCKET", "path"),
-    "token_file": ("PYMAP_ADMIN_TOKEN_FILE", "path"),
-    "cert": ("PYMAP_ADMIN_CERT", "path"),
-    "key": ("PYMAP_ADMIN_KEY", "path"),
-    "cafile": ("PYMAP_ADMIN_CAFILE", "path"),
-    "capath": ("PYMAP_ADMIN_CAPATH", "path"),
-    "no_verify_cert": ("PYMAP_ADMIN_NO_VERIFY_CERT", "bool"),
-    "tls": ("PYMAP_ADMIN_TLS", "bool"),
-    "timeout": ("PYMAP_ADMIN_TIMEOUT", "float"),
-}
+#: The options that become ConnectionSettings fields (the rest of the table:
+#: the config file's own path and the token, which has its own precedence).
+_FIELDS = tuple(o for o in CONNECTION_OPTIONS if o.name not in ("config", "token"))
 
 #: The keys of the config file, in the order save-args writes them; also the
-#: names of the command line's connection options (cli/connection.py).
-CONFIG_KEYS = tuple(_SOURCES)
+#: names of the command line's connection options.
+CONFIG_KEYS = tuple(o.name for o in CONNECTION_OPTIONS if o.saved)
 
 
-def _convert(name: str, kind: str, raw: object) -> object:
+def _convert(option: Option, raw: object, where: str) -> object:
     if not isinstance(raw, str):
         return raw
     try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
+        return option.convert(raw)
     except ValueError as exc:
-        raise ConfigurationError(f"{name}: not a number: {raw!r}") from exc
-    if kind == "bool":
-        return _parse_bool(name, raw)
-    if kind == "path":
-        return Path(raw).expanduser()
-    return raw
+        raise ConfigurationError(f"{where}: {exc}") from None
 
 
 def find_config_file(option: str | Path | None, environ: Mapping[str, str]) -> Path | None:
     """The config file: as named (must exist), else the first one found."""
-    named = option if option is not None else environ.get("PYMAP_ADMIN_CONFIG")
+    named = option if option is not None else environ.get(_CONFIG_ENV)
     if named:
         path = Path(named).expanduser()
         if not path.is_file():
@@ -246,18 +223,26 @@ def find_config_file(option: str | Path | None, environ: Mapping[str, str]) -> P
 
 
 def read_config_file(path: Path) -> dict[str, str]:
-    from configparser import ConfigParser
-    from configparser import Error as ConfigParserError
-
-    parser = ConfigParser(interpolation=None)
+    """The ``[pymap-admin]`` section. Unknown keys and sections are warned
+    about, naming the line, and ignored (the published client ignores them
+    silently; a misspelt key should not go unnoticed)."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except (OSError, UnicodeDecodeError, ConfigParserError) as exc:
+        sections, headers = read_ini(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigurationError(f"cannot read config file {path}: {exc}") from exc
-    if not parser.has_section(CONFIG_SECTION):
-        return {}
-    return dict(parser.items(CONFIG_SECTION))
+    known = {o.name for o in CONNECTION_OPTIONS if o.saved}
+    problems = [f"line {line}: unknown section [{name}]"
+                for name, line in headers.items() if name != CONFIG_SECTION]
+    section = sections.get(CONFIG_SECTION, {})
+    problems += [f"line {item.line}: unknown key {key!r}"
+                 for key, item in section.items() if key not in known]
+    if problems:
+        import logging
+
+        for problem in problems:
+            logging.getLogger("pymap_admin.settings").warning(
+                "config file %s %s (ignored)", path, problem)
+    return {key: item.value for key, item in section.items() if key in known}
 
 
 def load_settings(
@@ -270,20 +255,24 @@ def load_settings(
     > ``environ`` (default ``os.environ``) > the config file."""
     env = os.environ if environ is None else environ
     given = {k: v for k, v in (options or {}).items() if v is not None}
-    unknown = set(given) - set(_SOURCES) - {"token"}
+    unknown = set(given) - {o.name for o in CONNECTION_OPTIONS}
     if unknown:
         raise ConfigurationError(f"unknown settings: {', '.join(sorted(unknown))}")
     path = find_config_file(config_file, env)
     from_file = read_config_file(path) if path is not None else {}
     values: dict[str, object] = {}
-    for name, (variable, kind) in _SOURCES.items():
-        for raw in (given.get(name), env.get(variable) or None, from_file.get(name) or None):
+    for option in _FIELDS:
+        name = option.name
+        sources = ((given.get(name), option.flag or name),
+                   (env.get(option.env) or None, f"${option.env}"),
+                   (from_file.get(name) or None, f"config file {path}: {name}"))
+        for raw, where in sources:
             if raw is not None:
-                values[name] = _convert(name, kind, raw)
+                values[name] = _convert(option, raw, where)
                 break
     # A token given directly wins over token files found by discovery, but a
     # token file named on the command line is the user's explicit choice.
-    token = given.get("token") or (None if "token_file" in given else env.get("PYMAP_ADMIN_TOKEN"))
+    token = given.get("token") or (None if "token_file" in given else env.get(_TOKEN_ENV))
     if token:
         values["token"] = str(token).strip()
     _split_endpoints(values)

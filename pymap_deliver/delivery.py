@@ -114,6 +114,19 @@ class PymapBackend:
         # user -> (time looked up, None if it exists or the refusal reply)
         self._lookups: dict[str, tuple[float, Reply | None]] = {}
         self._pending_lookups: dict[str, asyncio.Task[Reply | None]] = {}
+        #: Admin calls under way (for the status line and metrics).
+        self.in_flight = 0
+
+    def reconfigure(self, options: DeliveryOptions) -> None:
+        """New options for calls from now on (SIGHUP). Calls under way keep
+        their slot in the old bound, which they release when they finish."""
+        if options.max_in_flight != self._options.max_in_flight:
+            self._slots = asyncio.Semaphore(options.max_in_flight)
+        if options.max_bytes_in_flight != self._options.max_bytes_in_flight:
+            self._budget = ByteBudget(options.max_bytes_in_flight)
+        if options.rules != self._options.rules:
+            self._lookups.clear()
+        self._options = options
 
     # --- RCPT ------------------------------------------------------------
 
@@ -146,7 +159,11 @@ class PymapBackend:
     async def _look_up(self, address: str, user: str) -> Reply | None:
         try:
             async with self._slots:
-                await self._client.get_user(user)
+                self.in_flight += 1
+                try:
+                    await self._client.get_user(user)
+                finally:
+                    self.in_flight -= 1
         except errors.UserNotFound as exc:
             reply: Reply | None = outcome_for_error(exc).reply
             log.info("rcpt=<%s> user=%s refused: unknown user", address, user)
@@ -214,7 +231,11 @@ class PymapBackend:
         # The budget is taken before the call, so the wait for it is not
         # part of the call's deadline.
         async with self._budget.reserve(len(headers) + len(message.data)), self._slots:
-            # The headers go as a prefix: the message is not copied for them.
-            return await self._client.append(
-                target.user, message.data, prefix=headers, sender=message.sender,
-                recipient=target.address, mailbox=mailbox, when=message.received_at)
+            self.in_flight += 1
+            try:
+                # The headers go as a prefix: the message is not copied for them.
+                return await self._client.append(
+                    target.user, message.data, prefix=headers, sender=message.sender,
+                    recipient=target.address, mailbox=mailbox, when=message.received_at)
+            finally:
+                self.in_flight -= 1

@@ -1,158 +1,49 @@
-"""The ``pymap-deliver`` command: an LMTP delivery agent in front of pymap."""
+"""The ``pymap-deliver`` command: an LMTP delivery agent in front of pymap.
+
+Start-up: read the configuration (:mod:`pymap_deliver.config`), bind the
+listeners, drop privileges (:mod:`pymap_deliver.privileges`), read the token,
+probe pymap and say in one line whether it answers, then tell systemd we are
+ready (:mod:`pymap_deliver.notify`). Signals: SIGTERM/SIGINT stop gracefully,
+SIGHUP re-reads the config file and the token and reopens the log file
+(sessions stay open; an invalid new configuration is logged and the old one
+kept), SIGUSR1 logs a status line.
+
+Every exit status comes from :class:`pymap_admin.outcomes.ExitStatus`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from pymap_admin.cli.connection import add_connection_arguments, connection_options
-from pymap_admin.errors import ConfigurationError
+from pymap_admin.errors import AdminError, ConfigurationError
+from pymap_admin.outcomes import ExitStatus
 
-from .delivery import DeliveryOptions
-from .recipients import RecipientRules
-from .server import ServerConfig, TcpEndpoint, UnixEndpoint
+from .config import PROG, DaemonConfig, UsageError, build, find_config_file, load, render
 
-__all__ = ["DeliverArgs", "main", "parse_args", "run"]
+if TYPE_CHECKING:
+    import argparse
+
+    from pymap_admin.client import AdminClient
+    from pymap_admin.settings import ConnectionSettings
+
+    from .delivery import PymapBackend
+    from .server import DeliveryServer
+
+__all__ = ["Daemon", "configure_logging", "main", "parse_args"]
 
 log = logging.getLogger("pymap_deliver")
 
-# sysexits(3): a configuration error is EX_CONFIG.
-EX_CONFIG = 78
-
-
-@dataclass(frozen=True, slots=True)
-class DeliverArgs:
-    """The command line, typed."""
-
-    server: ServerConfig
-    delivery: DeliveryOptions
-    connection: dict[str, object | None]
-    config_file: str | None
-    log_level: int
-
-
-def _tcp_endpoint(text: str) -> TcpEndpoint:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}") from None
-    if not 0 <= number < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range: {number}")
-    return TcpEndpoint(host=host.strip("[]") or "127.0.0.1", port=number)
-
-
-def _mode(text: str) -> int:
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pymap-deliver",
-        description="LMTP delivery agent (RFC 2033) storing mail into pymap "
-                    "through its admin API.",
-    )
-    listen = parser.add_argument_group("listeners (at least one)")
-    listen.add_argument("--listen", metavar="[HOST:]PORT", type=_tcp_endpoint, action="append",
-                        default=[], help="TCP listener, repeatable (host defaults to 127.0.0.1; "
-                        "LMTP has no authentication: listen on loopback)")
-    listen.add_argument("--unix", metavar="PATH", action="append", default=[],
-                        help="UNIX socket listener, repeatable (e.g. for postfix's lmtp:unix:)")
-    listen.add_argument("--unix-mode", metavar="MODE", type=_mode, default=0o660,
-                        help="permissions of the UNIX sockets (default: 0660)")
-    listen.add_argument("--unix-owner", metavar="USER", help="owner of the UNIX sockets")
-    listen.add_argument("--unix-group", metavar="GROUP", help="group of the UNIX sockets")
-    listen.add_argument("--systemd", action="store_true",
-                        help="also serve sockets passed by systemd (LISTEN_FDS)")
-
-    lmtp = parser.add_argument_group("protocol")
-    lmtp.add_argument("--hostname", help="name in the greeting and Received: (default: FQDN)")
-    lmtp.add_argument("--max-size", metavar="BYTES", type=int, default=64 * 1024 * 1024,
-                      help="largest message accepted, announced as SIZE (default: 64 MiB)")
-    lmtp.add_argument("--max-connections", metavar="N", type=int, default=100,
-                      help="sessions at once; more get 421 (default: 100)")
-    lmtp.add_argument("--idle-timeout", metavar="SECONDS", type=float, default=300.0,
-                      help="close a session idle this long (default: 300, like postfix)")
-    lmtp.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=600.0,
-                      help="on SIGTERM, abort what is still open after this long "
-                           "(default: 600, postfix's lmtp_data_done_timeout)")
-    lmtp.add_argument("--max-recipients", metavar="N", type=int, default=1000,
-                      help="recipients per transaction (default: 1000)")
-
-    rcpt = parser.add_argument_group("recipients")
-    rcpt.add_argument("--local-part-only", action="store_true",
-                      help="the pymap user is the local part, not the whole address")
-    rcpt.add_argument("--recipient-delimiter", metavar="CHARS", default="",
-                      help="separators of an address detail, e.g. '+' (stripped for the user)")
-    rcpt.add_argument("--detail-mailbox", action="store_true",
-                      help="file user+Folder mail into Folder (INBOX if it does not exist)")
-    rcpt.add_argument("--no-check-recipients", action="store_true",
-                      help="accept every RCPT; unknown users are refused after DATA")
-    rcpt.add_argument("--accept-when-unreachable", action="store_true",
-                      help="accept RCPTs when pymap cannot be asked (default: defer with 451)")
-    rcpt.add_argument("--max-in-flight", metavar="N", type=int, default=256,
-                      help="admin calls in flight at once, all sessions together (default: 256)")
-
-    rcpt.add_argument("--max-bytes-in-flight", metavar="BYTES", type=int,
-                      default=64 * 1024 * 1024,
-                      help="message bytes in Append calls at once, all sessions together; "
-                           "more wait their turn (default: 64 MiB)")
-
-    add_connection_arguments(parser)
-    parser.add_argument("--timeout", metavar="SECONDS", type=float,
-                        help="deadline of each call to pymap (default: 60; keep it well "
-                             "below postfix's lmtp_data_done_timeout of 600 s)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="logging threshold (default: INFO)")
-    return parser
-
-
-def parse_args(argv: Sequence[str] | None = None) -> DeliverArgs:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    if not (ns.listen or ns.unix or ns.systemd):
-        parser.error("nothing to listen on: give --listen, --unix or --systemd")
-    try:
-        rules = RecipientRules(local_part_only=ns.local_part_only,
-                               delimiter=ns.recipient_delimiter,
-                               detail_mailbox=ns.detail_mailbox)
-        extra: dict[str, object] = {}
-        if ns.hostname:
-            extra["hostname"] = ns.hostname
-        server = ServerConfig(
-            tcp=tuple(ns.listen),
-            unix=tuple(UnixEndpoint(path=path, mode=ns.unix_mode, owner=ns.unix_owner,
-                                    group=ns.unix_group) for path in ns.unix),
-            use_systemd_sockets=ns.systemd,
-            data_size_limit=ns.max_size,
-            max_connections=ns.max_connections,
-            idle_timeout=ns.idle_timeout,
-            max_recipients=ns.max_recipients,
-            shutdown_timeout=ns.shutdown_timeout,
-            **extra,  # type: ignore[arg-type]
-        )
-        delivery = DeliveryOptions(
-            hostname=server.hostname, rules=rules,
-            check_recipients=not ns.no_check_recipients,
-            defer_unreachable_at_rcpt=not ns.accept_when_unreachable,
-            max_in_flight=ns.max_in_flight,
-            max_bytes_in_flight=ns.max_bytes_in_flight,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    return DeliverArgs(server=server, delivery=delivery, connection=connection_options(ns),
-                       config_file=ns.config, log_level=getattr(logging, ns.log_level))
+#: Options that a SIGHUP cannot change: they need the sockets or the
+#: privileges the daemon gave up at start-up.
+RESTART_ONLY = frozenset({"listen", "unix", "unix_mode", "unix_owner", "unix_group",
+                          "systemd", "user", "group", "allow_root", "metrics"})
 
 
 def configure_logging(level: int, stream: TextIO) -> None:
@@ -164,43 +55,218 @@ def configure_logging(level: int, stream: TextIO) -> None:
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, level))
 
 
-async def run(args: DeliverArgs) -> int:
-    """Serve until SIGTERM/SIGINT, then finish what is in flight."""
-    from pymap_admin.client import AdminClient
-    from pymap_admin.settings import load_settings
+class Daemon:
+    """One run of the daemon: the configuration, the client, the server."""
 
-    from .delivery import PymapBackend
-    from .server import DeliveryServer, install_signal_handlers
+    def __init__(self, ns: argparse.Namespace, config: DaemonConfig) -> None:
+        self.ns = ns
+        self.config = config
+        self.client: AdminClient | None = None
+        self.backend: PymapBackend | None = None
+        self.server: DeliveryServer | None = None
+        self.settings: ConnectionSettings | None = None
+        #: None until the start-up probe has answered.
+        self.reachable: bool | None = None
 
-    settings = load_settings(args.connection, config_file=args.config_file)
-    async with AdminClient(settings) as client:
-        # A token problem should show at start-up, not at the first message.
-        if not client.tokens.configured:
-            raise ConfigurationError(
-                "no admin token: set PYMAP_ADMIN_TOKEN or --token-file "
-                "(pymap writes one to $TMPDIR/pymap/pymap-admin.token)")
-        client.tokens.current()
-        backend = PymapBackend(client, args.delivery)
-        server = DeliveryServer(backend, args.server)
-        await server.start()
-        install_signal_handlers(asyncio.get_running_loop(), server)
-        log.info("delivering to pymap at %s", settings.target)
-        await server.wait_closed()
-    return 0
+    # --- start-up -----------------------------------------------------------
+
+    def _after_bind(self) -> None:
+        """Sockets are bound, nothing accepted yet: become the serving user."""
+        from .privileges import drop_privileges, refuse_root, resolve_identity
+
+        user = self.config["user"]
+        if user is not None:
+            identity = resolve_identity(user, self.config["group"])
+            drop_privileges(identity)
+            log.info("running as user=%s uid=%d gid=%d", identity.user, identity.uid,
+                     identity.gid)
+        refuse_root(self.config["allow_root"])
+
+    async def probe(self) -> bool:
+        """One clear line: pymap answers, or not and why."""
+        assert self.client is not None and self.settings is not None
+        try:
+            serving = await self.client.check(timeout=min(self.settings.timeout, 10.0))
+        except AdminError as exc:
+            self.reachable = False
+            log.warning("pymap unreachable at %s: %s; deferring mail with 451 until it "
+                        "answers", self.settings.target, " ".join(str(exc).split()) or
+                        type(exc).__name__)
+            return False
+        self.reachable = serving
+        if serving:
+            log.info("pymap reachable at %s: serving", self.settings.target)
+        else:
+            log.warning("pymap at %s answers but is not serving; deferring mail with 451",
+                        self.settings.target)
+        return serving
+
+    async def run(self) -> int:
+        from pymap_admin.client import AdminClient
+        from pymap_admin.settings import load_settings
+
+        from .delivery import PymapBackend
+        from .notify import notify
+        from .server import DeliveryServer
+
+        config = self.config
+        self.settings = load_settings(config.connection, config_file=config.admin_config)
+        async with AdminClient(self.settings) as client:
+            self.client = client
+            if not client.tokens.configured:
+                raise ConfigurationError(
+                    "no admin token: set PYMAP_ADMIN_TOKEN or token_file in [pymap] "
+                    "(pymap writes one to $TMPDIR/pymap/pymap-admin.token)")
+            self.backend = PymapBackend(client, config.delivery)
+            self.server = server = DeliveryServer(self.backend, config.server)
+            await server.start(after_bind=self._after_bind)
+            try:
+                # Read as the serving user: it must be able to re-read it later.
+                client.tokens.current()
+            except ConfigurationError:
+                server.stop()
+                await server.wait_closed()
+                raise
+            self._install_signal_handlers()
+            await self.probe()
+            notify("READY=1", f"STATUS=serving, pymap "
+                   f"{'reachable' if self.reachable else 'unreachable'}",
+                   f"MAINPID={os.getpid()}")
+            await server.wait_closed()
+            notify("STOPPING=1")
+        return ExitStatus.OK
+
+    # --- signals --------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop, signum)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, self.log_status)
+
+    def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
+        from .notify import notify
+
+        log.info("received %s, stopping", signum.name)
+        notify("STOPPING=1")
+        if self.server is not None:
+            self.server.stop()
+
+    def status_line(self) -> str:
+        sessions = self.server.session_count if self.server is not None else 0
+        in_flight = self.backend.in_flight if self.backend is not None else 0
+        reachable = {None: "unknown", True: "yes", False: "no"}[self.reachable]
+        return f"status sessions={sessions} in_flight={in_flight} pymap_reachable={reachable}"
+
+    def log_status(self) -> None:
+        log.info("%s", self.status_line())
+
+    def reload(self) -> None:
+        """SIGHUP: the config file and the token again; sessions stay."""
+        from .notify import notify
+
+        log.info("received SIGHUP, reloading")
+        notify("RELOADING=1")
+        try:
+            self._reload()
+        finally:
+            notify("READY=1")
+
+    def _reload(self) -> None:
+        from pymap_admin.settings import load_settings
+
+        old = self.config
+        try:
+            new = build(self.ns, find_config_file(self.ns.config, os.environ))
+            settings = load_settings(new.connection, config_file=new.admin_config)
+        except ConfigurationError as exc:
+            log.error("reload failed, keeping the old configuration: %s", exc)
+            return
+        changed = sorted(name for name in new.values if new[name] != old[name])
+        ignored = [name for name in changed if name in RESTART_ONLY]
+        if ignored:
+            log.warning("reload: %s changed; that takes a restart", ", ".join(ignored))
+        level = getattr(logging, new["log_level"])
+        logging.getLogger().setLevel(level)
+        _reopen_log_files()
+        assert self.server is not None and self.backend is not None
+        # Listeners stay as they are; the rest applies to new sessions and calls.
+        self.server.reconfigure(dataclasses.replace(
+            new.server, tcp=old.server.tcp, unix=old.server.unix,
+            use_systemd_sockets=old.server.use_systemd_sockets))
+        self.backend.reconfigure(new.delivery)
+        if settings != self.settings:
+            log.warning("reload: the connection to pymap changed; that takes a restart")
+        assert self.client is not None
+        try:
+            renewed = self.client.tokens.reload()
+        except ConfigurationError as exc:
+            log.error("reload: token not re-read, keeping the old one: %s", exc)
+            renewed = False
+        self.config = dataclasses.replace(new, values={
+            **new.values, **{name: old[name] for name in ignored}})
+        log.info("reloaded configuration%s: changed=%s token=%s",
+                 f" from {new.config_file}" if new.config_file else "",
+                 ",".join(changed) or "none", "renewed" if renewed else "unchanged")
 
 
-def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging(args.log_level, stderr or sys.stderr)
+def _reopen_log_files() -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            reopened = open(handler.baseFilename, "a", encoding=handler.encoding)  # noqa: SIM115
+            old = handler.setStream(reopened)
+            if old is not None:
+                old.close()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> DaemonConfig:
+    """The effective configuration of a command line (and its config file)."""
+    return load(argv)[1]
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
     try:
-        return asyncio.run(run(args))
+        ns, config = load(argv)
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=err)
+        return ExitStatus.USAGE
     except ConfigurationError as exc:
-        print(f"pymap-deliver: {exc}", file=stderr or sys.stderr)
-        return EX_CONFIG
+        print(f"{PROG}: {exc}", file=err)
+        return ExitStatus.CONFIG
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else ExitStatus.OK
+    if ns.print_config:
+        out.write(render(config))
+        return ExitStatus.OK
+    if ns.check_config:
+        from pymap_admin.settings import load_settings
+
+        try:
+            load_settings(config.connection, config_file=config.admin_config)
+        except ConfigurationError as exc:
+            print(f"{PROG}: {exc}", file=err)
+            return ExitStatus.CONFIG
+        where = config.config_file or "no config file"
+        print(f"{PROG}: configuration valid ({where})", file=out)
+        return ExitStatus.OK
+    level = logging.DEBUG if ns.debug else getattr(logging, config["log_level"])
+    configure_logging(level, err)
+    try:
+        return asyncio.run(Daemon(ns, config).run())
+    except ConfigurationError as exc:
+        print(f"{PROG}: {exc}", file=err)
+        return ExitStatus.CONFIG
     except OSError as exc:
-        # Typically a listener that cannot be bound.
-        print(f"pymap-deliver: {exc}", file=stderr or sys.stderr)
-        return 71  # EX_OSERR
+        # Typically a listener that cannot be bound; the message names it.
+        if ns.debug:
+            raise
+        detail = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        print(f"{PROG}: {detail}", file=err)
+        return ExitStatus.OSERR
 
 
 if __name__ == "__main__":

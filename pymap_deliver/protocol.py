@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from pymap_admin.message import crlf
 from pymap_admin.outcomes import Replies, Reply
 
 from .headers import is_header_safe
@@ -612,7 +613,7 @@ class Connection:
             return None
         message = IncomingMessage(
             session_id=self.session_id, peer=self.peer, lhlo_name=self._lhlo_name or "",
-            sender=mail.sender, recipients=recipients, data=bytes(data),
+            sender=mail.sender, recipients=recipients, data=crlf(bytes(data)),
             smtputf8=mail.smtputf8, body_8bitmime=mail.body_8bitmime,
             received_at=self._clock())
         self._phase = _Phase.DELIVERING

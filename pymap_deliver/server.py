@@ -19,7 +19,7 @@ import pwd
 import signal
 import socket
 import stat
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -151,9 +151,15 @@ def systemd_listen_sockets(
 
 
 def _resolve_ids(owner: str | int | None, group: str | int | None) -> tuple[int, int]:
-    uid = -1 if owner is None else owner if isinstance(owner, int) else pwd.getpwnam(owner).pw_uid
-    gid = -1 if group is None else group if isinstance(group, int) else grp.getgrnam(group).gr_gid
-    return uid, gid
+    def number(value: str | int | None, lookup: Callable[[str], int]) -> int:
+        if value is None:
+            return -1
+        if isinstance(value, int) or value.isdigit():
+            return int(value)
+        return lookup(value)
+
+    return (number(owner, lambda name: pwd.getpwnam(name).pw_uid),
+            number(group, lambda name: grp.getgrnam(name).gr_gid))
 
 
 def _bind_unix(endpoint: UnixEndpoint) -> tuple[socket.socket, tuple[int, int]]:
@@ -210,6 +216,13 @@ class DeliveryServer:
         self._closed: asyncio.Event | None = None
         self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
 
+    def reconfigure(self, config: ServerConfig) -> None:
+        """New settings for sessions opened from now on (SIGHUP); open
+        sessions keep theirs, listeners stay as they are."""
+        self.config = config
+        self._options = config.lmtp_options()
+        self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
+
     @property
     def session_count(self) -> int:
         return len(self._sessions)
@@ -237,29 +250,46 @@ class DeliveryServer:
         if self._stopping and not self._sessions and self._closed is not None:
             self._closed.set()
 
-    async def start(self) -> None:
+    async def start(self, after_bind: Callable[[], None] | None = None) -> None:
+        """Bind every listener, call ``after_bind`` (to drop privileges, say:
+        nothing has been accepted yet), then start accepting."""
         if self._closed is not None:
             raise RuntimeError("server already started")
         self._closed = asyncio.Event()
         loop = asyncio.get_running_loop()
         try:
             for tcp in self.config.tcp:
-                self._servers.append(
-                    await loop.create_server(self._protocol, tcp.host, tcp.port)
-                )
+                try:
+                    self._servers.append(await loop.create_server(
+                        self._protocol, tcp.host, tcp.port, start_serving=False))
+                except OSError as exc:
+                    # So that the message names the listener.
+                    exc.filename = exc.filename or f"{tcp.host}:{tcp.port}"
+                    raise
             for unix in self.config.unix:
-                sock, ident = _bind_unix(unix)
+                try:
+                    sock, ident = _bind_unix(unix)
+                except OSError as exc:
+                    exc.filename = exc.filename or unix.path
+                    raise
                 self._unix_paths.append((unix.path, ident))
-                self._servers.append(await loop.create_unix_server(self._protocol, sock=sock))
+                self._servers.append(await loop.create_unix_server(
+                    self._protocol, sock=sock, start_serving=False))
             if self.config.use_systemd_sockets:
                 for sock in systemd_listen_sockets():
                     if sock.family == socket.AF_UNIX:
-                        server = await loop.create_unix_server(self._protocol, sock=sock)
+                        server = await loop.create_unix_server(self._protocol, sock=sock,
+                                                               start_serving=False)
                     else:
-                        server = await loop.create_server(self._protocol, sock=sock)
+                        server = await loop.create_server(self._protocol, sock=sock,
+                                                          start_serving=False)
                     self._servers.append(server)
             if not self._servers:
                 raise ValueError("nothing to listen on: no TCP, UNIX or systemd sockets")
+            if after_bind is not None:
+                after_bind()
+            for server in self._servers:
+                await server.start_serving()
         except BaseException:
             self._close_listeners()
             raise

@@ -137,7 +137,7 @@ class DeliverProcess:
         self.argv = [str(Path(sys.executable).parent / "pymap-deliver"),
                      "--listen", f"127.0.0.1:{self.port}", "--hostname", HOST,
                      "--path", str(server.socket_path), "--token-file", str(server.token_path),
-                     *args]
+                     "--allow-root", *args]
         self.process: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> DeliverProcess:
@@ -442,3 +442,23 @@ async def test_control_characters_in_addresses_and_long_sieve_reason(
     assert len(raw[1]) <= 512
     stored = await asyncio.to_thread(maildir_pymap.fetch_all, "INBOX", "carl", "pw")
     assert len(find(stored, tag)) == 1
+
+
+async def test_bare_lf_body_is_delivered_with_crlf(pymap: PymapServer) -> None:
+    """6,000 lines of ``line of text\\n``: delivered (it used to be refused
+    for good as one line longer than 64 KiB), and stored with CRLF."""
+    tag = uuid.uuid4().hex
+    message = f"Subject: bare LF {tag}\n\n".encode() + b"line of text\n" * 6000
+    async with deliver_agent(pymap) as agent:
+        client = await lmtp(agent)
+        assert (await client.command("MAIL FROM:<s@example.com>")).code == 250
+        assert (await client.command(f"RCPT TO:<{DEMO_USER}>")).code == 250
+        assert (await client.command("DATA")).code == 354
+        # Only CRLF.CRLF ends the data, as it always did.
+        await client.send(message + b"\r\n.\r\n")
+        reply = await client.read_reply()
+        await client.close()
+    assert (reply.code, reply.enhanced) == (250, "2.0.0"), reply
+    (stored,) = find(await asyncio.to_thread(pymap.fetch_all), tag)
+    assert stored.endswith(message.replace(b"\n", b"\r\n") + b"\r\n")
+    assert b"\n" not in stored.replace(b"\r\n", b"")

@@ -221,7 +221,8 @@ def test_pymap_deliver_command_serves_and_stops_on_sigterm(pymap: PymapServer,
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "pymap-deliver"), "--listen", f"127.0.0.1:{port}",
              "--unix", str(tmp_path / "lmtp.sock"), "--hostname", HOST,
-             "--path", str(pymap.socket_path), "--token-file", str(pymap.token_path)],
+             "--path", str(pymap.socket_path), "--token-file", str(pymap.token_path),
+             "--allow-root"],
             stdout=out, stderr=out, env={**os.environ})
     try:
         for _ in range(200):

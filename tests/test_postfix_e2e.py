@@ -69,7 +69,7 @@ def start_agent(server: PymapServer, postfix: PostfixInstance, workdir: Path, po
              "--listen", f"127.0.0.1:{port}", "--hostname", "lmtp.test",
              *(["--local-part-only"] if local_part_only else []),
              "--path", str(server.socket_path), "--token-file", str(server.token_path),
-             "--timeout", "10"],
+             "--timeout", "10", "--allow-root"],
             stdout=out, stderr=out, env={**os.environ})
     deadline = time.monotonic() + 30
     while not unix_path.exists():

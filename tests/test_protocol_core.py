@@ -382,7 +382,8 @@ def test_bare_lf_body_of_short_lines_is_accepted() -> None:
     driver, replies = _data_replies(1, body + b"\r\n.\r\n",
                                     options=LMTPOptions(hostname="h", line_length_limit=65536))
     assert replies == [250]
-    assert driver.messages[0].data == body + b"\r\n"
+    # stored with CRLF line ends, as IMAP wants them
+    assert driver.messages[0].data == b"line of text\r\n" * 6000 + b"\r\n"
 
 
 def test_long_line_followed_by_dot_line_is_not_the_end() -> None:
@@ -396,7 +397,7 @@ def test_bare_lf_dot_does_not_end_data() -> None:
     body = b"Subject: x\r\n\r\nbefore\n.\nMAIL FROM:<evil@example.com>\r\nafter\r\n"
     driver, replies = _data_replies(1, body + b".\r\n")
     assert replies == [250]
-    assert driver.messages[0].data == body
+    assert driver.messages[0].data == body.replace(b"\n.\n", b"\r\n.\r\n")
 
 
 @N
@@ -521,7 +522,7 @@ def test_whole_session_in_one_piece() -> None:
     out, messages, closed = _run_split([])
     assert codes(parse_replies(out)) == [220, 250, 250, 250, 501, 250, 354, 250, 250, 250,
                                          250, 250, 354, 554, 221]
-    assert messages[0].data == b"x\r\n.\r\nbare\n.\nlf\r\n\r\n"
+    assert messages[0].data == b"x\r\n.\r\nbare\r\n.\r\nlf\r\n\r\n"
     assert closed == Close("quit")
 
 

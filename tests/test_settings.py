@@ -41,7 +41,7 @@ def test_a_named_config_file_must_exist(tmp_path: Path) -> None:
 def test_bad_values_are_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="port"):
         load_settings({"port": "abc"}, environ={})
-    with pytest.raises(ConfigurationError, match="no_verify_cert"):
+    with pytest.raises(ConfigurationError, match="PYMAP_ADMIN_NO_VERIFY_CERT"):
         load_settings(environ={"PYMAP_ADMIN_NO_VERIFY_CERT": "perhaps"})
     with pytest.raises(ConfigurationError):
         ConnectionSettings(port=70000)

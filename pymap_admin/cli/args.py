@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
+from ..options import CONNECTION_OPTIONS, add_arguments, valued_flags
 from .connection import add_connection_arguments, connection_options
 
 __all__ = [
@@ -210,16 +211,6 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def _positive(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
-    return number
-
-
 def _timestamp(value: str) -> float:
     """UNIX seconds, or an ISO-8601 date and time (UTC unless it says otherwise)."""
     try:
@@ -285,9 +276,9 @@ def _common(suppress: bool) -> _Parser:
 
     group.add_argument("--json", action="store_true", default=default(False),
                        help="print one JSON object on stdout, for scripts and monitoring")
-    group.add_argument("--timeout", metavar="SECONDS", type=_positive, default=default(None),
-                       help="deadline of each call to the server (default: 60, "
-                            "or $PYMAP_ADMIN_TIMEOUT)")
+    timeout = next(o for o in CONNECTION_OPTIONS if o.name == "timeout")
+    add_arguments(group, [timeout], default=default(None),
+                  help_suffix=lambda o: f" (or ${o.env})")
     group.add_argument("--debug", action="store_true", default=default(False),
                        help="log what happens and show tracebacks")
     return parent
@@ -297,8 +288,7 @@ _TOP_LEVEL = frozenset({"save-args", "login", "ping", "check", "append", "get-us
                         "set-user", "change-password", "delete-user", "token"})
 
 #: Global options that take a value: skipped when looking for the command name.
-_VALUED = frozenset({"--config", "--host", "--port", "--path", "--token-file", "--cert",
-                     "--key", "--cafile", "--capath", "--timeout"})
+_VALUED = valued_flags(CONNECTION_OPTIONS)
 
 
 def command_name(argv: Sequence[str]) -> str | None:

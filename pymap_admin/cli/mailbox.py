@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import IO, Any
 
 from ..errors import ConfigurationError
+from ..message import crlf
 from ..outcomes import Outcome, delivered, outcome_for_error, too_big
 from .args import AppendOptions
 from .base import EXPECTED, Command, Field, dumps, result_fields, text_format
 
-__all__ = ["AppendCommand", "null_sender", "read_message"]
+__all__ = ["AppendCommand", "crlf", "null_sender", "read_message"]
 
 #: A leading mbox ``From `` line longer than this is not one.
 _FROM_LINE_LIMIT = 64 * 1024
@@ -59,24 +60,6 @@ def read_message(stream: IO[bytes], max_size: int) -> bytes | None:
         return crlf(kept + stream.read())
     data = kept + _read(stream, max_size + 1 - len(kept))
     return None if len(data) > max_size else crlf(data)
-
-
-def crlf(data: bytes) -> bytes:
-    """Line endings as IMAP wants them (RFC 3501: CRLF).
-
-    MTAs hand a local delivery command the message with UNIX line endings
-    (postfix's pipe(8) and local(8), sendmail's local mailer); stored as
-    they are, IMAP clients would get bare LFs. A message already in CRLF is
-    returned unchanged.
-    """
-    bare = data.count(b"\n") - data.count(b"\r\n")
-    if not bare:
-        return data
-    if bare == data.count(b"\n"):
-        return data.replace(b"\n", b"\r\n")
-    import re
-
-    return re.sub(rb"(?<!\r)\n", b"\r\n", data)
 
 
 class AppendCommand(Command[AppendOptions]):
