@@ -6,8 +6,19 @@ PYTHON ?= python3
 VENV := .venv
 PYMAP_VENV := .venv-pymap
 PYMAP_SPEC := pymap[admin,macaroon,sieve,redis,swim]==0.36.7
+# pymap and pymap-deliver in ONE environment, on pymap's pinned protobuf 4.25
+# (the same extras as the server's own environment, for the cluster tests).
+SHARED_VENV := .venv-shared
+SHARED_SPEC := $(PYMAP_SPEC)
+# What the shared environment runs: everything but what is not about the
+# environment (the packaging tests build their own; postfix's are slow and
+# run in .venv).
+SHARED_PYTEST_ARGS ?= -m 'not packaging and not postfix'
+# protoc 24: generated code that runs on protobuf 4.25 (pymap's pin) to 7.x.
+PROTOC_VENV := .venv-protoc
+PROTOC_SPEC := grpcio-tools==1.59.5
 
-.PHONY: run run-cluster test venv pymap-venv lint typecheck check-generated generate pytest bench clean
+.PHONY: run run-cluster test venv pymap-venv protoc-venv shared-venv lint typecheck check-generated generate pytest test-shared dist bench clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -24,11 +35,26 @@ $(PYMAP_VENV)/.installed:
 	$(PYMAP_VENV)/bin/pip install --quiet '$(PYMAP_SPEC)'
 	touch $@
 
-generate: venv
+protoc-venv: $(PROTOC_VENV)/.installed
+$(PROTOC_VENV)/.installed:
+	$(PYTHON) -m venv $(PROTOC_VENV)
+	$(PROTOC_VENV)/bin/pip install --quiet '$(PROTOC_SPEC)'
+	touch $@
+
+shared-venv: $(SHARED_VENV)/.installed
+$(SHARED_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SHARED_VENV)
+	$(SHARED_VENV)/bin/pip install --quiet --upgrade pip
+	$(SHARED_VENV)/bin/pip install --quiet '$(SHARED_SPEC)' -e '.[test]'
+	$(SHARED_VENV)/bin/pip check
+	@$(SHARED_VENV)/bin/pip freeze | grep -E '^protobuf==4\.25\.' || { echo "pymap's protobuf pin moved"; exit 1; }
+	touch $@
+
+generate: venv protoc-venv
 	tools/gen_proto.sh
 
 # CI fails if the committed generated code differs from a fresh generation.
-check-generated: venv
+check-generated: venv protoc-venv
 	@tmp=$$(mktemp -d) && tools/gen_proto.sh "$$tmp" >/dev/null && \
 	  for f in admin_pb2.py admin_pb2.pyi admin_grpc.py; do \
 	    diff -u pymap_admin/grpc/$$f "$$tmp/pymap_admin/grpc/$$f" || { echo "generated $$f is stale: run make generate"; exit 1; }; \
@@ -41,7 +67,16 @@ lint: venv
 pytest: venv pymap-venv
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
-test: check-generated lint pytest
+# The suite again, in one environment with pymap (its server from there too).
+test-shared: shared-venv
+	PYMAP_SERVER_VENV=$(CURDIR)/$(SHARED_VENV) $(SHARED_VENV)/bin/pytest -ra $(SHARED_PYTEST_ARGS)
+
+test: check-generated lint pytest test-shared
+
+# The sdist and wheel (with the man pages and completions) into dist/.
+dist: venv
+	$(VENV)/bin/python -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
 
 run: venv pymap-venv
 	$(VENV)/bin/python -m devstack.stack
@@ -54,4 +89,4 @@ bench: venv pymap-venv
 	$(VENV)/bin/python -m benchmarks.lmtp_load
 
 clean:
-	rm -rf $(VENV) $(PYMAP_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(PYMAP_VENV) $(PROTOC_VENV) $(SHARED_VENV) dist .mypy_cache .ruff_cache .pytest_cache

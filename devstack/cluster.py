@@ -10,8 +10,9 @@ What ``shared/interop/cluster.md`` found the hard way is built in here:
   silently and the member runs alone);
 - SWIM binds its port for UDP and TCP, so the port must be free for both;
 - every member names every other member with ``--swim-peer``;
-- the SWIM secret is read from a 0600 file (``SWIM_SECRET_FILE``), never
-  put on a command line;
+- the SWIM settings come from the environment (``SWIM_NAME``,
+  ``SWIM_PEERS``, ``SWIM_SECRET_FILE``), as in contrib/cluster/pymap@.service,
+  and the secret from a 0600 file, never from a command line;
 - each member's admin token is trusted by the others only after SWIM has
   converged (30 s for two), so a member's own token is used only with that
   member; what works everywhere at once is a *login* token, which lives in
@@ -150,15 +151,20 @@ class PymapCluster:
         self.members = [self._member(i) for i in range(self.size)]
 
     def _member(self, index: int) -> PymapServer:
-        options = ["--swim-name", f"127.0.0.1:{self.swim_ports[index]}"]
-        for other, port in enumerate(self.swim_ports):
-            if other != index:
-                options += ["--swim-peer", f"127.0.0.1:{port}"]
-        # The SWIM secret comes from a file (swim-protocol's SWIM_SECRET_FILE),
-        # not from the command line where ps(1) would show it.
         return PymapServer(workdir=self.workdir / f"member{index}", debug=self.debug,
-                           backend=("redis", "--address", self.redis.url), options=options,
-                           environment={"SWIM_SECRET_FILE": str(self.secret_file)})
+                           backend=("redis", "--address", self.redis.url),
+                           environment=self.swim_environment(index))
+
+    def swim_environment(self, index: int) -> dict[str, str]:
+        """Member ``index``'s SWIM settings, as swim-protocol reads them from
+        the environment (the way contrib/cluster/pymap@.service sets them):
+        the secret from a file, not the command line where ps(1) shows it."""
+        return {
+            "SWIM_NAME": f"127.0.0.1:{self.swim_ports[index]}",
+            "SWIM_PEERS": ",".join(f"127.0.0.1:{port}" for other, port in
+                                   enumerate(self.swim_ports) if other != index),
+            "SWIM_SECRET_FILE": str(self.secret_file),
+        }
 
     def start(self) -> None:
         self.redis.start()

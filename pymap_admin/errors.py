@@ -40,6 +40,7 @@ __all__ = [
     "IncompatibleData",
     "IncompatibleVersion",
     "InvalidAuth",
+    "InvalidUserName",
     "MailboxConflict",
     "MailboxError",
     "MailboxHasChildren",
@@ -67,6 +68,11 @@ __all__ = [
 
 class AdminError(Exception):
     """Root of every error raised by :mod:`pymap_admin`."""
+
+    #: True when the whole request had reached the server before the call
+    #: failed (a deadline, a lost connection): the server may have carried
+    #: it out, e.g. stored an Append that we report as failed.
+    request_sent: bool = False
 
 
 # --- Application results --------------------------------------------------
@@ -257,6 +263,11 @@ class Unimplemented(ProtocolError):
 
 class UnexpectedStatus(ProtocolError):
     """Any other gRPC status."""
+
+
+class InvalidUserName(AdminError, ValueError):
+    """A user name no request may carry (CR, LF or NUL, or absurdly long):
+    the per-request token cannot be narrowed to it, so nothing is sent."""
 
 
 class ConfigurationError(AdminError):

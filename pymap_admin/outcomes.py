@@ -261,8 +261,10 @@ def outcome_for_error(exc: BaseException) -> Outcome:
             return _row(451, "4.3.5", "Mail store speaks an incompatible admin protocol",
                            ExitStatus.TEMPFAIL)
         case errors.ConfigurationError():
-            return _row(451, "4.3.5", f"Delivery agent misconfigured: {_one_line(str(exc))}",
-                           ExitStatus.TEMPFAIL)
+            # Not the detail: it names local files, and replies end up in
+            # DSNs to strangers. The agent logs it (or append's stderr).
+            return _row(451, "4.3.5", "Delivery agent misconfigured (see its log)",
+                        ExitStatus.TEMPFAIL)
         case errors.DeadlineExceeded():
             return _row(451, "4.4.2", "Mail store did not answer in time", ExitStatus.TEMPFAIL)
         case errors.TransportError():

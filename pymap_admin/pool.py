@@ -230,6 +230,7 @@ class EndpointPool:
         """One call on one endpoint. Transport failures come out as
         :class:`_Failed`, telling whether the request had been sent."""
         sent = False
+        whole_request_sent = False
         endpoint.in_flight += 1
         endpoint.calls += 1
         try:
@@ -239,6 +240,7 @@ class EndpointPool:
                 await stream.send_request()
                 sent = True
                 await stream.send_message(request, end=True)
+                whole_request_sent = True
                 reply = await stream.recv_message()
             if reply is None:
                 raise _Failed(errors.ConnectionReset(
@@ -247,11 +249,14 @@ class EndpointPool:
         except GRPCError as exc:
             error = errors.map_grpc_error(exc)
             if isinstance(error, errors.TransportError | errors.DeadlineExceeded):
+                error.request_sent = whole_request_sent
                 raise _Failed(error, sent=sent) from exc
             raise error from exc
         except (OSError, TimeoutError, asyncio.IncompleteReadError, StreamTerminatedError,
                 _H2ProtocolError) as exc:
-            raise _Failed(errors.map_os_error(exc, endpoint.target), sent=sent) from exc
+            error = errors.map_os_error(exc, endpoint.target)
+            error.request_sent = whole_request_sent
+            raise _Failed(error, sent=sent) from exc
         finally:
             endpoint.in_flight -= 1
 

@@ -210,20 +210,29 @@ class PymapBackend:
                 mailbox = None
                 result = await self._append(message, target, headers, mailbox)
             outcome = delivered(discarded=result.discarded)
+            status = str(outcome.reply)
         except errors.UserNotFound as exc:
             # A user deleted between RCPT and DATA: forget the cached "exists".
             self._lookups.pop(target.user, None)
             outcome = outcome_for_error(exc)
+            status = str(outcome.reply)
         except Exception as exc:
             outcome = outcome_for_error(exc)
+            status = str(outcome.reply)
             if not isinstance(exc, errors.AdminError):
                 log.exception("session=%s rcpt=<%s> internal error", message.session_id,
                               target.address)
+            if getattr(exc, "request_sent", False) and not outcome.permanent:
+                # pymap had the whole message and may have stored it: the
+                # MTA's retry can make a duplicate (at-least-once delivery).
+                status = f"deferred-after-send reply={outcome.reply}"
+            # The reply says little on purpose (no local paths); the log has it all.
+            status += f" error={' '.join(str(exc).split())!r}"
         elapsed = (time.monotonic() - started) * 1000
         log.info("session=%s from=<%s> rcpt=<%s> user=%s mailbox=%s uid=%s "
                  "status=%s ms=%.0f", message.session_id, message.sender, target.address,
                  target.user, result.mailbox if result else (mailbox or "INBOX"),
-                 result.uid if result else "-", outcome.reply, elapsed)
+                 result.uid if result else "-", status, elapsed)
         return outcome
 
     async def _append(self, message: IncomingMessage, target: Target, headers: bytes,

@@ -229,6 +229,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
          stderr: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["install-contrib"]:
+        from .install import main as install_contrib
+
+        return install_contrib(args[1:], out=out)
     try:
         ns, config = load(argv)
     except UsageError as exc:

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from devstack.localpymap import DEMO_USER, PymapServer, cleanup, free_port
-from pymap_admin import AdminClient, ConnectionSettings
+from pymap_admin import AdminClient, ConnectionSettings, errors
 from pymap_admin.grpc import admin_pb2 as pb
+from pymap_admin.tokens import RequestTokens, inspect_token
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
 from pymap_deliver.recipients import RecipientRules
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
@@ -462,3 +463,92 @@ async def test_bare_lf_body_is_delivered_with_crlf(pymap: PymapServer) -> None:
     (stored,) = find(await asyncio.to_thread(pymap.fetch_all), tag)
     assert stored.endswith(message.replace(b"\n", b"\r\n") + b"\r\n")
     assert b"\n" not in stored.replace(b"\r\n", b"")
+
+
+# -- also: pymap-admin append's exit status after storing ---------------------------
+
+
+def _append_with_broken_stdout(server: PymapServer, redirect: str, user: str,
+                               data: bytes) -> subprocess.CompletedProcess[bytes]:
+    script = Path(sys.executable).parent / "pymap-admin"
+    # exec keeps the redirection: ">&-" closes fd 1, ">/dev/full" fails every write.
+    return subprocess.run(
+        ["sh", "-c", f'exec "$@" {redirect}', "sh", str(script), "--path",
+         str(server.socket_path), "--token-file", str(server.token_path), "append", user],
+        input=data, stderr=subprocess.PIPE, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
+def test_append_exits_0_once_stored_whatever_stdout_does(pymap: PymapServer,
+                                                         redirect: str) -> None:
+    tag, data = unique()
+    stored = _append_with_broken_stdout(pymap, redirect, DEMO_USER, data)
+    assert stored.returncode == 0, stored.stderr.decode()
+    assert b"Traceback" not in stored.stderr
+    assert len(find(pymap.fetch_all(), tag)) == 1
+    # Not stored, and the status line cannot be written: try again later.
+    refused = _append_with_broken_stdout(pymap, redirect, "nobody-here", data)
+    assert refused.returncode == 75, refused.stderr.decode()
+    assert b"Traceback" not in refused.stderr
+
+
+# -- also: replies carry no local paths; deferrals after sending are logged ----------
+
+
+async def test_reply_names_no_local_path(pymap: PymapServer, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    token = tmp_path / "token"
+    token.write_text(pymap.token())
+    settings = socket_settings(pymap, token_file=token)
+    async with AdminClient(settings) as admin:
+        backend = PymapBackend(admin, DeliveryOptions(hostname=HOST))
+        async with DeliveryServer(backend, ServerConfig(tcp=[TcpEndpoint(port=0)],
+                                                        hostname=HOST)) as agent:
+            client = await lmtp(agent)
+            assert (await client.command("MAIL FROM:<s@example.com>")).code == 250
+            token.unlink()
+            token.mkdir()  # unreadable as a token file, even for root
+            reply = await client.command("RCPT TO:<someone@example.com>")
+            await client.close()
+    assert (reply.code, reply.enhanced) == (451, "4.3.5"), reply
+    assert str(tmp_path) not in reply.text and "/" not in reply.text
+    assert str(token) in caplog.text  # the operator still learns what is wrong
+
+
+async def test_deadline_after_the_request_was_sent_is_logged_distinctly(
+        fresh_pymap: PymapServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The issue's --timeout 1: pymap may store a message we defer (at-least
+    once delivery); such deferrals are logged as status=deferred-after-send."""
+    caplog.set_level("INFO")
+    async with deliver_agent(fresh_pymap, timeout=1.0, check_recipients=False) as agent:
+        client = await lmtp(agent)
+        _, first = await client.transaction("s@example.com", [DEMO_USER], unique()[1])
+        assert [r.code for r in first] == [250]  # the connection to pymap is up
+        with frozen(fresh_pymap):
+            _, replies = await client.transaction("s@example.com", [DEMO_USER], unique()[1])
+        await client.close()
+    assert [(r.code, r.enhanced) for r in replies] == [(451, "4.4.2")]
+    assert "status=deferred-after-send reply=451 4.4.2" in caplog.text
+
+
+# -- also: token narrowing is never skipped ---------------------------------------
+
+
+async def test_no_request_carries_the_unnarrowed_token(tmp_path: Path) -> None:
+    fake = FakeAdmin()
+    token = tmp_path / "token"
+    token.write_text(admin_token())
+    async with RunningFake(fake, tmp_path / "fake.sock"), AdminClient(
+            ConnectionSettings(path=tmp_path / "fake.sock", token_file=token,
+                               timeout=10)) as admin:
+        for user in ["a\rb", "a\nb", "a\x00b", "u" * 70000]:
+            with pytest.raises(errors.InvalidUserName):
+                await admin.append(user, b"Subject: x\r\n\r\nx\r\n")
+            with pytest.raises(errors.InvalidUserName):
+                await admin.get_user(user)
+        await admin.append("fine@example.com", b"Subject: x\r\n\r\nx\r\n")
+    sent = [call.metadata["auth-token"] for call in fake.calls]
+    assert len(sent) == 1
+    assert inspect_token(sent[0]).authzid == "fine@example.com"
+    # Not a macaroon at all: passed through for the server to judge.
+    assert RequestTokens().for_user("opaque", "fine@example.com") == "opaque"

@@ -9,13 +9,19 @@ definitively refused, so the MTA keeps the mail.
 
 from __future__ import annotations
 
-from typing import IO, Any
+import contextlib
+import os
+import sys
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..message import crlf
-from ..outcomes import Outcome, delivered, outcome_for_error, too_big
+from ..outcomes import ExitStatus, Outcome, delivered, outcome_for_error, too_big
 from .args import AppendOptions
 from .base import EXPECTED, Command, Field, dumps, result_fields, text_format
+
+if TYPE_CHECKING:
+    from ..client import AdminClient
 
 __all__ = ["AppendCommand", "crlf", "null_sender", "read_message"]
 
@@ -89,6 +95,13 @@ class AppendCommand(Command[AppendOptions]):
                  "discarded": result.discarded, "response": result.response}
         return self._finish(outcome, None, text_format(details).rstrip("\n"), extra)
 
+    def client(self) -> AdminClient:
+        """Deliveries come one process each: the user's login token is kept
+        in the token cache for the next one (unless switched off)."""
+        from ..client import AdminClient
+
+        return AdminClient(self.settings(), short_lived=True)
+
     def _read(self) -> bytes | None:
         path = self.options.data
         if path is None:
@@ -101,7 +114,12 @@ class AppendCommand(Command[AppendOptions]):
 
     def _finish(self, outcome: Outcome, exc: BaseException | None, detail: str,
                 extra: dict[str, Any] | None = None) -> int:
-        """Status line first on stdout, details on stderr, status from the row."""
+        """Status line first on stdout, details on stderr, status from the row.
+
+        The exit status is what the MTA acts on, so output never decides it
+        wrongly: if stdout cannot be written (closed, a full disk), a stored
+        message still exits 0 (a bounce or a retry would duplicate it), and
+        anything else exits 75 (try again; the reason is lost)."""
         if self.globals.json:
             data: dict[str, Any] = {
                 "status": outcome.status_text, "code": outcome.code,
@@ -109,15 +127,33 @@ class AppendCommand(Command[AppendOptions]):
                 "delivered": outcome.delivered, **(extra or {})}
             if exc is not None:
                 data["error"] = self.error_data(exc)
-            self.print(dumps(data) + "\n")
+            written = self._write_stdout(dumps(data) + "\n")
         else:
-            self.print(outcome.status_text + "\n")
-        self.streams.stdout.flush()
-        if exc is not None or not outcome.delivered:
-            self.error(detail)
-        elif detail:
-            print(detail, file=self.streams.stderr)
+            written = self._write_stdout(outcome.status_text + "\n")
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if exc is not None or not outcome.delivered:
+                self.error(detail if written else f"{detail} (and stdout is not writable)")
+            elif detail:
+                print(detail, file=self.streams.stderr)
+        if not written:
+            return int(ExitStatus.OK if outcome.delivered else ExitStatus.TEMPFAIL)
         return int(outcome.exit_status)
+
+    def _write_stdout(self, text: str) -> bool:
+        """Write and flush; False if stdout is closed or failing. A failing
+        stdout is then replaced by the null device, so that no later flush
+        (at exit) fails the process after the fact."""
+        try:
+            self.print(text)
+            self.streams.stdout.flush()
+            return True
+        except (OSError, ValueError, AttributeError):
+            pass
+        if self.streams.stdout is sys.stdout or sys.stdout is None:
+            # The buffered text would be flushed (and fail) again at exit.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
+        self.streams = self.streams._replace(stdout=sys.stdout)
+        return False
 
     def _failed(self, exc: BaseException) -> int:
         if self.globals.debug:
