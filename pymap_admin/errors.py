@@ -40,6 +40,7 @@ __all__ = [
     "IncompatibleData",
     "IncompatibleVersion",
     "InvalidAuth",
+    "InvalidUserName",
     "MailboxConflict",
     "MailboxError",
     "MailboxHasChildren",
@@ -262,6 +263,11 @@ class Unimplemented(ProtocolError):
 
 class UnexpectedStatus(ProtocolError):
     """Any other gRPC status."""
+
+
+class InvalidUserName(AdminError, ValueError):
+    """A user name no request may carry (CR, LF or NUL, or absurdly long):
+    the per-request token cannot be narrowed to it, so nothing is sent."""
 
 
 class ConfigurationError(AdminError):

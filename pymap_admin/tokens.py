@@ -10,25 +10,33 @@ minutes: a request token seen by anyone else is good for one user, briefly.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidUserName
 
 __all__ = [
+    "MAX_USER_NAME",
     "REQUEST_TOKEN_LIFETIME",
     "RequestTokens",
     "TokenInfo",
     "TokenSource",
     "attenuate",
     "inspect_token",
+    "token_kind",
 ]
 
 #: How long an attenuated request token stays valid. Minutes, not seconds:
 #: a request can wait for a loaded server, and clocks drift a little.
 REQUEST_TOKEN_LIFETIME = timedelta(minutes=10)
+#: The longest user name a request may carry, in UTF-8 bytes. Addresses are
+#: at most a few hundred; anything near a caveat's 64 KiB is an attack.
+MAX_USER_NAME = 4096
+# What a caveat line cannot hold.
+_UNSAFE_IN_CAVEAT = re.compile(r"[\r\n\x00]")
 # A cached request token is renewed when less than this is left of it.
 _RENEW_MARGIN = timedelta(minutes=5)
 
@@ -190,18 +198,10 @@ _V1_SIGNATURE = b"002fsignature "
 _V1_SIGNATURE_PACKET = 47
 
 
-def _attenuate_v1(token: str, caveats: list[str]) -> str | None:
-    """Add first-party caveats to a version 1 binary macaroon, the format
-    pymap issues, without importing pymacaroons (and PyNaCl): each caveat is
-    a ``cid`` packet, and the new signature is HMAC-SHA256 keyed with the old
-    one over the caveat. This keeps the per-request narrowing off the start-up
-    cost of ``pymap-admin append``. The output is what pymacaroons writes (a
-    test compares them); None for anything else, left to pymacaroons.
-    """
+def _decode_v1(token: str) -> bytes | None:
+    """The binary form of a version 1 macaroon, or None if it is not one."""
     import base64
     import binascii
-    import hashlib
-    import hmac
 
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
@@ -211,6 +211,61 @@ def _attenuate_v1(token: str, caveats: list[str]) -> str | None:
     if not (packet.startswith(_V1_SIGNATURE) and packet.endswith(b"\n")
             and raw.startswith(b"0") and len(raw) > _V1_SIGNATURE_PACKET):
         return None
+    return raw
+
+
+def token_kind(token: str) -> str:
+    """"admin" for pymap's admin token as pymap issues it (an empty
+    identifier and the one caveat ``role = admin``), "narrowed admin" for one
+    with more caveats, "login" for a macaroon with an identifier (a token
+    pymap keeps in its token store), "unknown" otherwise. Cheap: no
+    pymacaroons."""
+    raw = _decode_v1(token.strip())
+    if raw is None:
+        return "unknown"
+    identifier: bytes | None = None
+    admin = False
+    caveats = 0
+    offset = 0
+    while offset + 4 <= len(raw):
+        try:
+            length = int(raw[offset:offset + 4], 16)
+        except ValueError:
+            return "unknown"
+        if length < 5 or offset + length > len(raw):
+            return "unknown"
+        key, _, value = raw[offset + 4:offset + length - 1].partition(b" ")
+        if key == b"identifier":
+            identifier = value
+        elif key == b"cid":
+            caveats += 1
+            admin = admin or value == b"role = admin"
+        offset += length
+    if identifier is None:
+        return "unknown"
+    if not identifier:
+        if not admin:
+            return "unknown"
+        return "admin" if caveats == 1 else "narrowed admin"
+    return "login"
+
+
+def _attenuate_v1(token: str, caveats: list[str]) -> str | None:
+    """Add first-party caveats to a version 1 binary macaroon, the format
+    pymap issues, without importing pymacaroons (and PyNaCl): each caveat is
+    a ``cid`` packet, and the new signature is HMAC-SHA256 keyed with the old
+    one over the caveat. This keeps the per-request narrowing off the start-up
+    cost of ``pymap-admin append``. The output is what pymacaroons writes (a
+    test compares them); None for anything else, left to pymacaroons.
+    """
+    import base64
+    import hashlib
+    import hmac
+
+    raw = _decode_v1(token)
+    if raw is None:
+        return None
+    packet = raw[-_V1_SIGNATURE_PACKET:]
     body = bytearray(raw[:-_V1_SIGNATURE_PACKET])
     signature = packet[len(_V1_SIGNATURE):-1]
     for caveat in caveats:
@@ -222,6 +277,17 @@ def _attenuate_v1(token: str, caveats: list[str]) -> str | None:
         signature = hmac.new(signature, data, hashlib.sha256).digest()
     body += _V1_SIGNATURE + signature + b"\n"
     return base64.urlsafe_b64encode(bytes(body)).decode("ascii").rstrip("=")
+
+
+def _rounded_up(moment: datetime, lifetime: timedelta) -> datetime:
+    """``moment`` rounded up to the minute (to a tenth of ``lifetime`` if
+    that is shorter): tokens narrowed within the same window are the same
+    token, byte for byte, so HPACK can send it as an index."""
+    step = min(60.0, lifetime.total_seconds() / 10)
+    if step <= 0:
+        return moment
+    stamp = moment.timestamp()
+    return datetime.fromtimestamp(-(-stamp // step) * step, UTC)
 
 
 class RequestTokens:
@@ -237,15 +303,23 @@ class RequestTokens:
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
 
     def for_user(self, token: str, user: str) -> str:
+        """``token`` narrowed to ``user`` and a few minutes. Raises
+        :class:`~pymap_admin.errors.InvalidUserName` for a user no caveat can
+        name: the full token is never sent in place of a narrowed one."""
+        if _UNSAFE_IN_CAVEAT.search(user) or len(user.encode("utf-8", "replace")) > (
+                MAX_USER_NAME):
+            raise InvalidUserName(f"user name unusable in a request: {user[:64]!r}"
+                                  f"{'...' if len(user) > 64 else ''}")
         now = time.monotonic()
         cached = self._cache.get((token, user))
         if cached is not None and cached[1] > now:
             return cached[0]
         try:
             narrowed = attenuate(token, authzid=user,
-                                 expires=datetime.now(UTC) + self._lifetime)
+                                 expires=_rounded_up(datetime.now(UTC) + self._lifetime,
+                                                     self._lifetime))
         except ValueError:
-            return token
+            return token  # not a macaroon: the server will judge it
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[(token, user)] = (narrowed, now + self._renew_after.total_seconds())

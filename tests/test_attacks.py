@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from devstack.localpymap import DEMO_USER, PymapServer, cleanup, free_port
-from pymap_admin import AdminClient, ConnectionSettings
+from pymap_admin import AdminClient, ConnectionSettings, errors
 from pymap_admin.grpc import admin_pb2 as pb
+from pymap_admin.tokens import RequestTokens, inspect_token
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
 from pymap_deliver.recipients import RecipientRules
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
@@ -528,3 +529,26 @@ async def test_deadline_after_the_request_was_sent_is_logged_distinctly(
         await client.close()
     assert [(r.code, r.enhanced) for r in replies] == [(451, "4.4.2")]
     assert "status=deferred-after-send reply=451 4.4.2" in caplog.text
+
+
+# -- also: token narrowing is never skipped ---------------------------------------
+
+
+async def test_no_request_carries_the_unnarrowed_token(tmp_path: Path) -> None:
+    fake = FakeAdmin()
+    token = tmp_path / "token"
+    token.write_text(admin_token())
+    async with RunningFake(fake, tmp_path / "fake.sock"), AdminClient(
+            ConnectionSettings(path=tmp_path / "fake.sock", token_file=token,
+                               timeout=10)) as admin:
+        for user in ["a\rb", "a\nb", "a\x00b", "u" * 70000]:
+            with pytest.raises(errors.InvalidUserName):
+                await admin.append(user, b"Subject: x\r\n\r\nx\r\n")
+            with pytest.raises(errors.InvalidUserName):
+                await admin.get_user(user)
+        await admin.append("fine@example.com", b"Subject: x\r\n\r\nx\r\n")
+    sent = [call.metadata["auth-token"] for call in fake.calls]
+    assert len(sent) == 1
+    assert inspect_token(sent[0]).authzid == "fine@example.com"
+    # Not a macaroon at all: passed through for the server to judge.
+    assert RequestTokens().for_user("opaque", "fine@example.com") == "opaque"

@@ -17,7 +17,9 @@ from .test_tokens import admin_token
 def client(path: Path, tmp_path: Path) -> AdminClient:
     token = tmp_path / "token"
     token.write_text(admin_token())
-    return AdminClient(ConnectionSettings(path=path, token_file=token, timeout=5))
+    # Counts GetUser calls: without the login-token fast path's Login calls.
+    return AdminClient(ConnectionSettings(path=path, token_file=token, timeout=5,
+                                          login_tokens=False))
 
 
 async def test_lookups_are_shared_and_cached(tmp_path: Path) -> None:
