@@ -163,6 +163,13 @@ class EndpointPool:
     def healthy(self) -> list[Endpoint]:
         return [endpoint for endpoint in self.endpoints if endpoint.healthy]
 
+    def status(self) -> str:
+        """A logfmt summary for status lines: members up, and the counters."""
+        stats = self.stats
+        return (f"members_up={len(self.healthy())}/{len(self.endpoints)} "
+                f"failovers={stats.failovers} ambiguous={stats.ambiguous} "
+                f"ambiguous_retried={stats.ambiguous_retried} no_healthy={stats.no_healthy}")
+
     def close(self) -> None:
         self._closed = True
         for endpoint in self.endpoints:

@@ -154,6 +154,8 @@ async def test_a_second_lost_call_is_a_temporary_failure(tmp_path: Path) -> None
         assert (reply.code, reply.enhanced) == (451, "4.4.1")
         stats = client.pool.stats
         assert (stats.ambiguous, stats.ambiguous_retried) == (2, 1)
+        assert client.pool.status() == ("members_up=0/2 failovers=0 ambiguous=2 "
+                                        "ambiguous_retried=1 no_healthy=0")
 
 
 async def test_a_changing_call_is_not_repeated_after_a_lost_connection(tmp_path: Path) -> None:
