@@ -157,7 +157,10 @@ class Daemon:
         sessions = self.server.session_count if self.server is not None else 0
         in_flight = self.backend.in_flight if self.backend is not None else 0
         reachable = {None: "unknown", True: "yes", False: "no"}[self.reachable]
-        return f"status sessions={sessions} in_flight={in_flight} pymap_reachable={reachable}"
+        line = f"status sessions={sessions} in_flight={in_flight} pymap_reachable={reachable}"
+        if self.client is not None and not self.client.pool.single:
+            line += " " + self.client.pool.status()
+        return line
 
     def log_status(self) -> None:
         log.info("%s", self.status_line())
