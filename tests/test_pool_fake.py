@@ -141,6 +141,22 @@ async def test_a_call_lost_after_sending_is_retried_once_elsewhere_and_logged(
     assert "action=retried" in lines[0]
 
 
+async def test_a_connection_lost_while_sending_is_not_ambiguous(tmp_path: Path) -> None:
+    """A message larger than HTTP/2's first flow-control window (64 KiB):
+    the dropping server never opens the window, so the client is still
+    sending when the connection goes. pymap cannot have stored it."""
+    fake = FakeAdmin()
+    big = BODY + b"x" * 300_000
+    async with DropAfterRequest(tmp_path / "a.sock") as dropper, \
+            HealthyFake(fake, tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
+                        ) as client:
+        assert (await client.append("alice", big)).uid == 1
+        assert dropper.requests == 1 and appends(fake) == 1
+        stats = client.pool.stats
+        assert (stats.failovers, stats.ambiguous) == (1, 0)
+
+
 async def test_a_second_lost_call_is_a_temporary_failure(tmp_path: Path) -> None:
     async with DropAfterRequest(tmp_path / "a.sock") as a, \
             DropAfterRequest(tmp_path / "b.sock") as b, \
