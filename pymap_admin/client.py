@@ -163,6 +163,11 @@ class AdminClient:
     def tokens(self) -> TokenSource:
         return self._tokens
 
+    @property
+    def tokens_minted(self) -> int:
+        """Per-request narrowed tokens made so far (for metrics)."""
+        return self._request_tokens.minted if self._request_tokens is not None else 0
+
     # --- plumbing -------------------------------------------------------
 
     async def _invoke(self, operation: str, method: MethodOf, request: Any,

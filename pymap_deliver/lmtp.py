@@ -30,6 +30,7 @@ from pymap_admin.message import crlf
 from pymap_admin.outcomes import MAX_REPLY_LINE
 
 from .headers import is_header_safe
+from .logfmt import SESSION, event
 from .syntax import address_is_safe
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "LMTPOptions",
     "LMTPSession",
 ]
+
 
 log = logging.getLogger("pymap_deliver.lmtp")
 
@@ -264,7 +266,7 @@ class LMTPSession(LMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.peer = _peer_text(transport.get_extra_info("peername"))
-        log.info("session %s open peer=%s", self.session_id, self.peer)
+        log.info(event("session open", session=self.session_id, peer=self.peer))
 
     def connection_lost(self, error: Exception | None) -> None:
         self._lost = True
@@ -274,7 +276,8 @@ class LMTPSession(LMTP):
             # The client went away during a delivery. The delivery itself is
             # shielded and runs to its end (what was stored stays stored; the
             # MTA will retry the rest); report the session closed after it.
-            log.info("session %s closed during delivery, letting it finish", self.session_id)
+            log.info(event("session closed during delivery, letting it finish",
+                           session=self.session_id))
             task.add_done_callback(lambda _: self._report_closed())
         else:
             self._report_closed()
@@ -286,7 +289,7 @@ class LMTPSession(LMTP):
         return asyncio.StreamReaderProtocol.eof_received(self)
 
     def _report_closed(self) -> None:
-        log.info("session %s closed", self.session_id)
+        log.info(event("session closed", session=self.session_id))
         if self._on_closed is not None:
             self._on_closed(self)
 
@@ -390,6 +393,8 @@ class LMTPSession(LMTP):
     # -- the command loop ------------------------------------------------------
 
     async def _handle_client(self) -> None:
+        # This task's lines, and those of the tasks it starts, name the session.
+        SESSION.set(self.session_id)
         await self.push(f"220 {self.hostname} LMTP pymap-deliver ready")
         try:
             while self.transport is not None and not self.transport.is_closing():
@@ -604,6 +609,8 @@ class LMTPSession(LMTP):
                 self.session_id, address, verdict,
             )
             verdict = R_INTERNAL_ERROR
+        log.info(event("rcpt refused", session=self.session_id, **{"from": f"<{self._sender}>"},
+                       rcpt=f"<{address}>", status=verdict))
         if verdict.startswith("5"):
             # An unknown user counts as an error: a session cannot make
             # unbounded lookups (postfix's smtpd counts them likewise).

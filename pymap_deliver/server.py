@@ -25,6 +25,8 @@ from types import TracebackType
 from typing import Self
 
 from .lmtp import R_TOO_MANY_CONNECTIONS, DeliveryBackend, LMTPOptions, LMTPSession
+from .logfmt import event
+from .metrics import Stats
 
 __all__ = [
     "DeliveryServer",
@@ -204,9 +206,12 @@ class DeliveryServer:
     """The LMTP server: ``await start()``, then ``stop()`` and
     ``await wait_closed()``; or use it as an async context manager."""
 
-    def __init__(self, backend: DeliveryBackend, config: ServerConfig) -> None:
+    def __init__(self, backend: DeliveryBackend, config: ServerConfig, *,
+                 stats: Stats | None = None) -> None:
         self.backend = backend
         self.config = config
+        #: What the server counts (sessions accepted and refused).
+        self.stats = stats if stats is not None else Stats()
         self._options = config.lmtp_options()
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[tuple[str, tuple[int, int]]] = []
@@ -223,6 +228,10 @@ class DeliveryServer:
         self._refusal = R_TOO_MANY_CONNECTIONS.format(host=config.hostname).encode() + b"\r\n"
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
     def session_count(self) -> int:
         return len(self._sessions)
 
@@ -233,8 +242,12 @@ class DeliveryServer:
 
     def _protocol(self) -> asyncio.BaseProtocol:
         if len(self._sessions) >= self.config.max_connections or self._stopping:
-            log.warning("connection refused: %d sessions open", len(self._sessions))
+            self.stats.sessions_refused += 1
+            log.warning(event("connection refused", {
+                "reason": "stopping" if self._stopping else "too many sessions",
+                "sessions": len(self._sessions)}))
             return _Refuser(self._refusal)
+        self.stats.sessions_opened += 1
         session = LMTPSession(
             self.backend,
             self._options,
@@ -293,7 +306,9 @@ class DeliveryServer:
             self._close_listeners()
             raise
         for sock in self.sockets:
-            log.info("listening on %s", sock.getsockname() or "unnamed socket")
+            name = sock.getsockname()
+            address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else name
+            log.info(event("listening", {"address": address or "unnamed socket"}))
 
     def _close_listeners(self) -> None:
         for server in self._servers:
@@ -311,7 +326,7 @@ class DeliveryServer:
         if self._stopping:
             return
         self._stopping = True
-        log.info("stopping: %d sessions open", len(self._sessions))
+        log.info(event("stopping listeners", {"sessions": len(self._sessions)}))
         self._close_listeners()
         for session in list(self._sessions):
             session.shutdown()
@@ -323,7 +338,8 @@ class DeliveryServer:
 
     def _abort_all(self) -> None:
         if self._sessions:
-            log.warning("shutdown timeout: aborting %d sessions", len(self._sessions))
+            log.warning(event(f"shutdown timeout: aborting {len(self._sessions)} sessions",
+                              sessions=len(self._sessions)))
         for session in list(self._sessions):
             session.abort()
         # A session whose delivery still waits for the backend reports itself
