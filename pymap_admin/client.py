@@ -11,7 +11,7 @@ of :mod:`pymap_admin.errors`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -19,13 +19,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from grpclib.client import Channel
-from grpclib.const import Status
-from grpclib.encoding.proto import ProtoCodec, ProtoStatusDetailsCodec
 
 from . import errors
+from ._wire import SerializedAppend, make_channel
+from .logintokens import FastPathStats, LoginTokens, NoLoginTokens, TokenCacheFolder
 from .pool import DEFAULT_HEALTH_INTERVAL, Endpoint, EndpointPool, MethodOf
-from .settings import DEFAULT_PORT, ConnectionSettings
-from .tokens import RequestTokens, TokenSource, inspect_token
+from .settings import ConnectionSettings
+from .tokens import RequestTokens, TokenSource, inspect_token, token_kind
 
 if TYPE_CHECKING:
     from .grpc import admin_pb2
@@ -95,6 +95,9 @@ _DELETE_USER: MethodOf = attrgetter("user.DeleteUser")
 #: a second SetUser could overwrite a change made in between, a second
 #: DeleteUser would answer "unknown user" for a user it did delete.
 _NOT_RETRIED = frozenset({"SetUser", "DeleteUser"})
+#: How long a short-lived client waits on exit for a login token being
+#: minted (one call, normally 0.3 s) before giving up on it.
+_MINT_WAIT = 10.0
 
 
 def _text(value: bytes) -> str:
@@ -118,9 +121,18 @@ class AdminClient:
 
     ``settings`` say where to connect and which token to use. ``channel``
     replaces the channel made from the settings (tests use it to talk to an
-    in-process server); ``tokens`` replaces the token source.
-    ``attenuate_tokens=False`` sends the token as it is instead of one
-    narrowed per request; ``protocol_version`` is what we claim to speak.
+    in-process server); it must carry the production codec
+    (:func:`pymap_admin._wire.channel_for` makes one). ``tokens`` replaces
+    the token source. ``attenuate_tokens=False`` sends the token as it is
+    instead of one narrowed per request; ``protocol_version`` is what we
+    claim to speak.
+
+    ``login_tokens`` (default: ``settings.login_tokens``) lets Append and
+    GetUser use a login token per user instead of the admin token, which
+    pymap 0.36.7 makes wait 0.3 s per call (:mod:`pymap_admin.logintokens`).
+    ``short_lived`` is for a process that makes one call and exits
+    (``pymap-admin append``): it mints a login token only where the cache
+    folder can keep it for the next process.
     """
 
     def __init__(
@@ -132,21 +144,35 @@ class AdminClient:
         attenuate_tokens: bool = True,
         protocol_version: str = PROTOCOL_VERSION,
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
+        login_tokens: bool | None = None,
+        short_lived: bool = False,
     ) -> None:
         self.settings = settings if settings is not None else ConnectionSettings()
         self._timeout = self.settings.timeout
         if channel is not None:
             endpoints = [Endpoint("the admin service", channel)]
         else:
-            endpoints = [Endpoint(member.target, _make_channel(member))
+            endpoints = [Endpoint(member.target, make_channel(member))
                          for member in self.settings.members()]
         #: The admin endpoints and how they are used (one: just that one).
         self.pool = EndpointPool(endpoints, health_interval=health_interval)
-        # Only our own channel's codec knows _SerializedAppend.
-        self._own_codec = channel is None
         self._tokens = tokens if tokens is not None else TokenSource(
             token=self.settings.token, path=self.settings.token_path())
         self._request_tokens = RequestTokens() if attenuate_tokens else None
+        self._short_lived = short_lived
+        self._login_tokens: LoginTokens | None = None
+        if self.settings.login_tokens if login_tokens is None else login_tokens:
+            path = self.settings.token_cache_path()
+            # Login tokens are the server's (a cluster's: in its Redis), so
+            # they are kept per server address.
+            scope = self.pool.target if channel is None else ""
+            folder = (TokenCacheFolder(path, scope) if path is not None and scope
+                      else None)
+            self._login_tokens = LoginTokens(self._mint_login_token, folder,
+                                             need_folder=short_lived)
+        # The token's kind, computed once per token (it changes when pymap
+        # restarts).
+        self._kind_of: tuple[str, str] = ("", "")
         self._version_metadata = {"client-version": protocol_version}
 
     async def __aenter__(self) -> Self:
@@ -154,9 +180,15 @@ class AdminClient:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._short_lived and self._login_tokens is not None and exc is None:
+            # A login token being minted is kept for the next process; a
+            # long-lived client (a daemon shutting down) does not wait.
+            await self._login_tokens.wait(_MINT_WAIT)
         self.close()
 
     def close(self) -> None:
+        if self._login_tokens is not None:
+            self._login_tokens.cancel()
         self.pool.close()
 
     @property
@@ -167,6 +199,11 @@ class AdminClient:
     def tokens_minted(self) -> int:
         """Per-request narrowed tokens made so far (for metrics)."""
         return self._request_tokens.minted if self._request_tokens is not None else 0
+
+    @property
+    def fast_path(self) -> FastPathStats | None:
+        """Counters of the login-token fast path; None when it is off."""
+        return self._login_tokens.stats if self._login_tokens is not None else None
 
     # --- plumbing -------------------------------------------------------
 
@@ -179,31 +216,80 @@ class AdminClient:
                                     timeout or self._timeout, subject=user,
                                     retry_ambiguous=operation not in _NOT_RETRIED)
 
-    def _token_metadata(self, user: str | None) -> dict[str, str]:
-        token = self._tokens.current()
+    def _token_metadata(self, user: str | None, token: str | None = None) -> dict[str, str]:
+        if token is None:
+            token = self._tokens.current()
         if user is not None and self._request_tokens is not None:
             token = self._request_tokens.for_user(token, user)
         return {**self._version_metadata, "auth-token": token}
 
+    def _admin_token_in_use(self) -> bool:
+        """True when our token is pymap's admin token (the slow one)."""
+        token = self._tokens.current()
+        if self._kind_of[0] is not token:
+            self._kind_of = (token, token_kind(token))
+        return self._kind_of[1] == "admin"
+
     async def _authenticated(self, operation: str, method: MethodOf,
                              request: Any, user: str | None, *,
-                             timeout: float | None = None) -> Any:
+                             timeout: float | None = None, fast: bool = False) -> Any:
         """A token-authenticated call, retried once with a re-read token file
-        if the server refused the token (it restarted with a new one)."""
+        if the server refused the token (it restarted with a new one).
+
+        ``fast``: ``user``'s login token may stand in for the admin token. A
+        refused login token is forgotten and the call retried with the admin
+        token: refused means not authenticated, so nothing was done yet.
+        """
         retried = False
+        fast_tokens = self._login_tokens if fast and user is not None else None
+        login_token: str | None = None
+        if fast_tokens is not None:
+            if self._admin_token_in_use():
+                login_token = await fast_tokens.token_for(user)  # type: ignore[arg-type]
+            else:
+                fast_tokens = None  # not the admin token: nothing to gain
         while True:
             response = await self._invoke(operation, method, request,
-                                          self._token_metadata(user), timeout, user=user)
+                                          self._token_metadata(user, login_token), timeout,
+                                          user=user)
             result = response.result
             if result.code == 0:
+                if fast_tokens is not None:
+                    assert user is not None
+                    if login_token is not None:
+                        fast_tokens.accepted(login_token)
+                    else:
+                        fast_tokens.admin_call_succeeded(user)
                 return response
             error = errors.result_error(result.key, _text(result.response), operation=operation)
-            if isinstance(error, errors.AuthError) and not retried and self._tokens.reload():
-                retried = True
-                continue
+            if isinstance(error, errors.AuthError):
+                if login_token is not None:
+                    assert fast_tokens is not None and user is not None
+                    fast_tokens.refused(user, login_token)
+                    login_token = None
+                    continue
+                if not retried and self._tokens.reload():
+                    retried = True
+                    continue
             if isinstance(error, errors.InvalidAuth):
                 error = self._explain_invalid_auth(error)
             raise error
+
+    async def _mint_login_token(self, user: str) -> str | None:
+        """A login token for ``user``, authorized by the admin token (one
+        0.3 s call and one record in pymap's token store, except on redis).
+        None if the user does not exist."""
+        from .grpc.admin_pb2 import LoginRequest
+
+        try:
+            response = await self._authenticated("Login", _LOGIN, LoginRequest(authcid=user),
+                                                 user)
+        except errors.UserNotFound:
+            return None
+        token = response.bearer_token
+        if token_kind(token) != "login":
+            raise NoLoginTokens("pymap's Login answered without a login token")
+        return str(token)
 
     def _explain_invalid_auth(self, error: errors.InvalidAuth) -> errors.InvalidAuth:
         try:
@@ -298,14 +384,9 @@ class AdminClient:
             request.recipient = recipient
         if mailbox is not None:
             request.mailbox = mailbox
-        send: object
-        if self._own_codec:
-            send = _SerializedAppend(request, prefix, data)
-        else:
-            request.data = prefix + data
-            send = request
-        response = await self._authenticated("Append", _APPEND, send, user,
-                                             timeout=timeout)
+        response = await self._authenticated("Append", _APPEND,
+                                             SerializedAppend(request, prefix, data), user,
+                                             timeout=timeout, fast=True)
         return AppendResult(
             mailbox=response.mailbox,
             validity=response.validity if response.HasField("validity") else None,
@@ -319,7 +400,8 @@ class AdminClient:
         from .grpc.admin_pb2 import GetUserRequest
 
         response = await self._authenticated("GetUser", _GET_USER,
-                                             GetUserRequest(user=user), user, timeout=timeout)
+                                             GetUserRequest(user=user), user, timeout=timeout,
+                                             fast=True)
         return _user_info(response)
 
     async def set_user(self, user: str, *, password: str | None = None,
@@ -366,69 +448,5 @@ class AdminClient:
 
         await self._authenticated("DeleteUser", _DELETE_USER,
                                   DeleteUserRequest(user=user), user, timeout=timeout)
-
-
-#: The tag of AppendRequest's ``data`` field: number 5, length-delimited.
-_APPEND_DATA_TAG = bytes([5 << 3 | 2])
-
-
-class _SerializedAppend:
-    """An AppendRequest serialized by hand around its ``data`` field.
-
-    Building the protobuf message would copy the message into it, and
-    serializing would copy it again, on top of grpclib's framing copy: for a
-    50 MB message that is three copies besides the caller's. Here the other
-    fields are serialized by protobuf and the data field is appended after
-    them (the wire format allows fields in any order; a test checks that the
-    result parses back to the same request), in one join.
-    """
-
-    __slots__ = ("payload",)
-
-    def __init__(self, request: admin_pb2.AppendRequest, prefix: bytes, data: bytes) -> None:
-        length = len(prefix) + len(data)
-        varint = bytearray()
-        while True:
-            byte = length & 0x7F
-            length >>= 7
-            if length:
-                varint.append(byte | 0x80)
-            else:
-                varint.append(byte)
-                break
-        self.payload = b"".join((request.SerializeToString(), _APPEND_DATA_TAG,
-                                 bytes(varint), prefix, data))
-
-
-class _Codec(ProtoCodec):
-    """Protobuf, and the requests :class:`_SerializedAppend` serialized already."""
-
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        if isinstance(message, _SerializedAppend):
-            return message.payload
-        encoded: bytes = super().encode(message, message_type)
-        return encoded
-
-
-class _StatusDetailsCodec(ProtoStatusDetailsCodec):
-    """Decodes ``google.rpc`` details (pymap's ErrorInfo) of an error status.
-
-    grpclib can only decode detail types already imported; importing them
-    here, on the first error, keeps that cost off every successful start-up.
-    """
-
-    def decode(self, status: Status, message: str | None, data: bytes) -> Sequence[Any]:
-        import google.rpc.error_details_pb2  # noqa: F401  (registers ErrorInfo)
-
-        return super().decode(status, message, data)
-
-
-def _make_channel(settings: ConnectionSettings) -> Channel:
-    details = _StatusDetailsCodec()
-    if settings.uses_tcp:
-        return Channel(host=settings.host or "localhost", port=settings.port or DEFAULT_PORT,
-                       ssl=settings.ssl_context() if settings.uses_tls else None,
-                       codec=_Codec(), status_details_codec=details)
-    return Channel(path=str(settings.socket_path()), codec=_Codec(),
-                   status_details_codec=details)
-
+        if self._login_tokens is not None:
+            self._login_tokens.forget(user)

@@ -174,6 +174,13 @@ CONNECTION_OPTIONS: tuple[Option, ...] = (
            env="PYMAP_ADMIN_TLS", switch=True, negated=True, section="tls options"),
     Option("timeout", positive, "deadline of each call to the server (default: 60)",
            flag="--timeout", env="PYMAP_ADMIN_TIMEOUT", metavar="SECONDS"),
+    Option("login_tokens", parse_bool, "deliver with the admin token only, not with a "
+           "login token per user (which pymap answers 0.3 s sooner per call)",
+           flag="--no-login-tokens", env="PYMAP_ADMIN_LOGIN_TOKENS", switch=True,
+           negated=True, section="login tokens"),
+    Option("token_cache", text, "folder keeping the login tokens between processes, or "
+           "'none' (default: ~/.cache/pymap/login-tokens)", flag="--login-token-cache",
+           env="PYMAP_ADMIN_TOKEN_CACHE", metavar="PATH", section="login tokens"),
 )
 
 

@@ -119,6 +119,12 @@ class ConnectionSettings:
     tls: bool | None = None
     timeout: float = DEFAULT_TIMEOUT
     endpoints: tuple[EndpointAddress, ...] = ()
+    #: Use a login token per user where the admin token would cost 0.3 s a
+    #: call (pymap_admin.logintokens).
+    login_tokens: bool = True
+    #: Where login tokens are kept between processes: a folder, or "none"
+    #: for memory only. None: ``$XDG_CACHE_HOME/pymap/login-tokens``.
+    token_cache: str | None = None
 
     def __post_init__(self) -> None:
         if self.port is not None and not 0 < self.port < 65536:
@@ -172,6 +178,16 @@ class ConnectionSettings:
     def token_path(self) -> Path | None:
         """The token file: as named, or the first one found."""
         return self.token_file if self.token_file is not None else discover(TOKEN_NAME)
+
+    def token_cache_path(self) -> Path | None:
+        """The login-token cache folder, or None when switched off."""
+        if self.token_cache is None:
+            from .logintokens import default_cache_folder
+
+            return default_cache_folder()
+        if self.token_cache.strip().lower() in ("", "none", "off", "no"):
+            return None
+        return Path(self.token_cache).expanduser()
 
     def ssl_context(self) -> ssl.SSLContext:
         import ssl

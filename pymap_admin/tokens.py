@@ -26,6 +26,7 @@ __all__ = [
     "TokenSource",
     "attenuate",
     "inspect_token",
+    "token_kind",
 ]
 
 #: How long an attenuated request token stays valid. Minutes, not seconds:
@@ -200,18 +201,10 @@ _V1_SIGNATURE = b"002fsignature "
 _V1_SIGNATURE_PACKET = 47
 
 
-def _attenuate_v1(token: str, caveats: list[str]) -> str | None:
-    """Add first-party caveats to a version 1 binary macaroon, the format
-    pymap issues, without importing pymacaroons (and PyNaCl): each caveat is
-    a ``cid`` packet, and the new signature is HMAC-SHA256 keyed with the old
-    one over the caveat. This keeps the per-request narrowing off the start-up
-    cost of ``pymap-admin append``. The output is what pymacaroons writes (a
-    test compares them); None for anything else, left to pymacaroons.
-    """
+def _decode_v1(token: str) -> bytes | None:
+    """The binary form of a version 1 macaroon, or None if it is not one."""
     import base64
     import binascii
-    import hashlib
-    import hmac
 
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
@@ -221,6 +214,61 @@ def _attenuate_v1(token: str, caveats: list[str]) -> str | None:
     if not (packet.startswith(_V1_SIGNATURE) and packet.endswith(b"\n")
             and raw.startswith(b"0") and len(raw) > _V1_SIGNATURE_PACKET):
         return None
+    return raw
+
+
+def token_kind(token: str) -> str:
+    """"admin" for pymap's admin token as pymap issues it (an empty
+    identifier and the one caveat ``role = admin``), "narrowed admin" for one
+    with more caveats, "login" for a macaroon with an identifier (a token
+    pymap keeps in its token store), "unknown" otherwise. Cheap: no
+    pymacaroons."""
+    raw = _decode_v1(token.strip())
+    if raw is None:
+        return "unknown"
+    identifier: bytes | None = None
+    admin = False
+    caveats = 0
+    offset = 0
+    while offset + 4 <= len(raw):
+        try:
+            length = int(raw[offset:offset + 4], 16)
+        except ValueError:
+            return "unknown"
+        if length < 5 or offset + length > len(raw):
+            return "unknown"
+        key, _, value = raw[offset + 4:offset + length - 1].partition(b" ")
+        if key == b"identifier":
+            identifier = value
+        elif key == b"cid":
+            caveats += 1
+            admin = admin or value == b"role = admin"
+        offset += length
+    if identifier is None:
+        return "unknown"
+    if not identifier:
+        if not admin:
+            return "unknown"
+        return "admin" if caveats == 1 else "narrowed admin"
+    return "login"
+
+
+def _attenuate_v1(token: str, caveats: list[str]) -> str | None:
+    """Add first-party caveats to a version 1 binary macaroon, the format
+    pymap issues, without importing pymacaroons (and PyNaCl): each caveat is
+    a ``cid`` packet, and the new signature is HMAC-SHA256 keyed with the old
+    one over the caveat. This keeps the per-request narrowing off the start-up
+    cost of ``pymap-admin append``. The output is what pymacaroons writes (a
+    test compares them); None for anything else, left to pymacaroons.
+    """
+    import base64
+    import hashlib
+    import hmac
+
+    raw = _decode_v1(token)
+    if raw is None:
+        return None
+    packet = raw[-_V1_SIGNATURE_PACKET:]
     body = bytearray(raw[:-_V1_SIGNATURE_PACKET])
     signature = packet[len(_V1_SIGNATURE):-1]
     for caveat in caveats:
@@ -232,6 +280,17 @@ def _attenuate_v1(token: str, caveats: list[str]) -> str | None:
         signature = hmac.new(signature, data, hashlib.sha256).digest()
     body += _V1_SIGNATURE + signature + b"\n"
     return base64.urlsafe_b64encode(bytes(body)).decode("ascii").rstrip("=")
+
+
+def _rounded_up(moment: datetime, lifetime: timedelta) -> datetime:
+    """``moment`` rounded up to the minute (to a tenth of ``lifetime`` if
+    that is shorter): tokens narrowed within the same window are the same
+    token, byte for byte, so HPACK can send it as an index."""
+    step = min(60.0, lifetime.total_seconds() / 10)
+    if step <= 0:
+        return moment
+    stamp = moment.timestamp()
+    return datetime.fromtimestamp(-(-stamp // step) * step, UTC)
 
 
 class RequestTokens:
@@ -262,7 +321,8 @@ class RequestTokens:
             return cached[0]
         try:
             narrowed = attenuate(token, authzid=user,
-                                 expires=datetime.now(UTC) + self._lifetime)
+                                 expires=_rounded_up(datetime.now(UTC) + self._lifetime,
+                                                     self._lifetime))
         except ValueError:
             return token  # not a macaroon: the server will judge it
         self.minted += 1

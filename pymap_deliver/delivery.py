@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from pymap_admin import AdminClient, AppendResult, errors
-from pymap_admin.outcomes import Outcome, delivered, outcome_for_error
+from pymap_admin.outcomes import Outcome, Reply, delivered, outcome_for_error
 
 from .headers import message_id, trace_headers
-from .lmtp import IncomingMessage
 from .logfmt import event
 from .metrics import Stats
+from .protocol import IncomingMessage
 from .recipients import RecipientRules, Target
 
 __all__ = ["ByteBudget", "DeliveryOptions", "PymapBackend"]
@@ -115,8 +115,8 @@ class PymapBackend:
         self._slots = asyncio.Semaphore(options.max_in_flight)
         self._budget = ByteBudget(options.max_bytes_in_flight)
         # user -> (time looked up, None if it exists or the refusal reply)
-        self._lookups: dict[str, tuple[float, str | None]] = {}
-        self._pending_lookups: dict[str, asyncio.Task[str | None]] = {}
+        self._lookups: dict[str, tuple[float, Reply | None]] = {}
+        self._pending_lookups: dict[str, asyncio.Task[Reply | None]] = {}
         #: Admin calls under way (for the status line and metrics).
         self.in_flight = 0
         #: What deliveries and lookups count (the daemon shares it with the server).
@@ -136,7 +136,7 @@ class PymapBackend:
 
     # --- RCPT ------------------------------------------------------------
 
-    async def check_recipient(self, address: str) -> str | None:
+    async def check_recipient(self, address: str) -> Reply | None:
         if not self._options.check_recipients:
             return None
         reply = await self._check_recipient(address)
@@ -145,7 +145,7 @@ class PymapBackend:
                            "miss" if str(reply).startswith("5") else "refused"] += 1
         return reply
 
-    async def _check_recipient(self, address: str) -> str | None:
+    async def _check_recipient(self, address: str) -> Reply | None:
         user = self._options.rules.resolve(address).user
         now = time.monotonic()
         cached = self._lookups.get(user)
@@ -162,14 +162,14 @@ class PymapBackend:
             pending.add_done_callback(partial(self._lookup_done, user))
         return await asyncio.shield(pending)
 
-    def _lookup_done(self, user: str, task: asyncio.Task[str | None]) -> None:
+    def _lookup_done(self, user: str, task: asyncio.Task[Reply | None]) -> None:
         if self._pending_lookups.get(user) is task:
             del self._pending_lookups[user]
         # Retrieved here too: every caller may have gone before it ended.
         if not task.cancelled() and task.exception() is not None:
             log.debug("lookup failed: %r", task.exception())
 
-    async def _look_up(self, address: str, user: str) -> str | None:
+    async def _look_up(self, address: str, user: str) -> Reply | None:
         try:
             async with self._slots:
                 self.in_flight += 1
@@ -178,42 +178,40 @@ class PymapBackend:
                 finally:
                     self.in_flight -= 1
         except errors.UserNotFound as exc:
-            reply: str | None = str(outcome_for_error(exc).reply)
+            reply: Reply | None = outcome_for_error(exc).reply
             self.stats.pymap_reachable = True
-            log.debug(event("rcpt unknown", rcpt=f"<{address}>", user=user,
-                                                  status=reply))
         except errors.AdminError as exc:
             outcome = outcome_for_error(exc)
             self._note_reachable(exc)
-            log.warning(event("rcpt lookup failed",
-                rcpt=f"<{address}>", user=user, status=str(outcome.reply),
-                reason=" ".join(str(exc).split())))
+            log.warning(event("rcpt lookup failed", rcpt=f"<{address}>", user=user,
+                              status=str(outcome.reply), reason=" ".join(str(exc).split())))
             # Not remembered: the next RCPT asks again.
-            return str(outcome.reply) if self._options.defer_unreachable_at_rcpt else None
+            return outcome.reply if self._options.defer_unreachable_at_rcpt else None
         else:
             reply = None
             self.stats.pymap_reachable = True
         self._remember(user, reply)
         return reply
 
-    def _remember(self, user: str, reply: str | None) -> None:
+    def _remember(self, user: str, reply: Reply | None) -> None:
         if len(self._lookups) > 10000:
             self._lookups.clear()
         self._lookups[user] = (time.monotonic(), reply)
 
     # --- DATA ------------------------------------------------------------
 
-    async def deliver(self, message: IncomingMessage) -> Sequence[str]:
+    async def deliver(self, message: IncomingMessage) -> Sequence[Reply]:
         # The message's id: in the Received: header, the 250 reply (so the
         # MTA's status=sent line names it) and our log lines.
         queue_id = f"{message.session_id}.{next(self._serial)}"
         self.stats.bytes_received += len(message.data)
         about: dict[str, object] = {"id": queue_id, "from": f"<{message.sender}>",
-                 "msgid": message_id(message.data), "size": len(message.data)}
+                                    "msgid": message_id(message.data),
+                                    "size": len(message.data)}
         targets = [self._options.rules.resolve(rcpt) for rcpt in message.recipients]
         outcomes = await asyncio.gather(*(self._deliver_one(message, t, queue_id, about)
                                           for t in targets))
-        return [str(outcome.reply) for outcome in outcomes]
+        return [outcome.reply for outcome in outcomes]
 
     def _note_reachable(self, exc: BaseException) -> None:
         """What a failed call says about pymap: unreachable, or there."""

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from .lmtp import R_TOO_MANY_CONNECTIONS, DeliveryBackend, LMTPOptions, LMTPSession
+from pymap_admin.outcomes import Replies
+
+from .lmtp import DeliveryBackend, LMTPOptions, LMTPSession
 from .logfmt import event
 from .metrics import Stats
 
@@ -34,7 +36,6 @@ __all__ = [
     "TcpEndpoint",
     "UnixEndpoint",
     "install_signal_handlers",
-    "serve",
     "systemd_listen_sockets",
 ]
 
@@ -218,14 +219,14 @@ class DeliveryServer:
         self._sessions: set[LMTPSession] = set()
         self._stopping = False
         self._closed: asyncio.Event | None = None
-        self._refusal = R_TOO_MANY_CONNECTIONS.format(host=config.hostname).encode() + b"\r\n"
+        self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
 
     def reconfigure(self, config: ServerConfig) -> None:
         """New settings for sessions opened from now on (SIGHUP); open
         sessions keep theirs, listeners stay as they are."""
         self.config = config
         self._options = config.lmtp_options()
-        self._refusal = R_TOO_MANY_CONNECTIONS.format(host=config.hostname).encode() + b"\r\n"
+        self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
 
     @property
     def stopping(self) -> bool:
@@ -387,11 +388,3 @@ def install_signal_handlers(
     # operator's habit, a closed terminal). Reloading is not implemented yet.
     loop.add_signal_handler(signal.SIGHUP, log.info,
                             "received SIGHUP: ignored (nothing to reload yet)")
-
-
-async def serve(backend: DeliveryBackend, config: ServerConfig) -> None:
-    """Run a server until SIGTERM/SIGINT and until it has closed gracefully."""
-    server = DeliveryServer(backend, config)
-    await server.start()
-    install_signal_handlers(asyncio.get_running_loop(), server)
-    await server.wait_closed()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pymap_admin.client import _SerializedAppend
+from pymap_admin._wire import SerializedAppend as _SerializedAppend
 from pymap_admin.grpc.admin_pb2 import AppendRequest
 
 text = st.text(max_size=40)

@@ -29,7 +29,8 @@ ADMIN_TOKEN = admin_token()
 
 
 async def run(path: Path, *args: str, stdin: bytes = b"Subject: x\r\n\r\nhi\r\n") -> Run:
-    env = {**os.environ, "PYMAP_ADMIN_TOKEN": ADMIN_TOKEN}
+    # Single calls on the wire: without the login-token fast path's Login calls.
+    env = {**os.environ, "PYMAP_ADMIN_TOKEN": ADMIN_TOKEN, "PYMAP_ADMIN_LOGIN_TOKENS": "no"}
     proc = await asyncio.create_subprocess_exec(
         str(SCRIPT), "--path", str(path), *args, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)

@@ -39,7 +39,9 @@ from .test_tokens import admin_token
 
 
 def settings(path: Path, token_file: Path, **kw: Any) -> ConnectionSettings:
-    return ConnectionSettings(path=path, token_file=token_file, **kw)
+    # These tests look at single calls on the wire; the login-token fast path
+    # (its extra Login calls) is tested in test_login_tokens.py.
+    return ConnectionSettings(path=path, token_file=token_file, login_tokens=False, **kw)
 
 
 @pytest.fixture

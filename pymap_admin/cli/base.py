@@ -156,9 +156,11 @@ class Command(Generic[_O]):
         return load_settings(self.globals.connection(), config_file=self.globals.config)
 
     def client(self) -> AdminClient:
+        """A client for one operator command: the admin token as configured
+        (a one-off command is not worth a login token in pymap's store)."""
         from ..client import AdminClient
 
-        return AdminClient(self.settings())
+        return AdminClient(self.settings(), login_tokens=False)
 
     # --- output -------------------------------------------------------------
 

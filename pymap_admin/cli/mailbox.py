@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..message import crlf
 from ..outcomes import ExitStatus, Outcome, delivered, outcome_for_error, too_big
 from .args import AppendOptions
 from .base import EXPECTED, Command, Field, dumps, result_fields, text_format
+
+if TYPE_CHECKING:
+    from ..client import AdminClient
 
 __all__ = ["AppendCommand", "crlf", "null_sender", "read_message"]
 
@@ -91,6 +94,13 @@ class AppendCommand(Command[AppendOptions]):
         extra = {"mailbox": result.mailbox, "validity": result.validity, "uid": result.uid,
                  "discarded": result.discarded, "response": result.response}
         return self._finish(outcome, None, text_format(details).rstrip("\n"), extra)
+
+    def client(self) -> AdminClient:
+        """Deliveries come one process each: the user's login token is kept
+        in the token cache for the next one (unless switched off)."""
+        from ..client import AdminClient
+
+        return AdminClient(self.settings(), short_lived=True)
 
     def _read(self) -> bytes | None:
         path = self.options.data
