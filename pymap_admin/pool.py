@@ -42,6 +42,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.exceptions import ProtocolError as _H2ProtocolError
 
 from . import errors
+from .tokens import TokenSource
 
 __all__ = ["DEFAULT_HEALTH_INTERVAL", "Endpoint", "EndpointPool", "PoolStats"]
 
@@ -73,13 +74,18 @@ class PoolStats:
 class Endpoint:
     """One admin endpoint: its channel, stubs and live state."""
 
-    def __init__(self, target: str, channel: Channel) -> None:
+    def __init__(self, target: str, channel: Channel, tokens: TokenSource | None = None
+                 ) -> None:
         from grpclib.health.v1.health_grpc import HealthStub
 
         from .grpc.admin_grpc import MailboxStub, SystemStub, UserStub
 
         self.target = target
         self.channel = channel
+        #: This endpoint's own admin token, where it has one (a cluster
+        #: member's, which the other members trust only once SWIM has
+        #: converged); None: the client's token.
+        self.tokens = tokens
         self.system = SystemStub(channel)
         self.mailbox = MailboxStub(channel)
         self.user = UserStub(channel)
@@ -102,6 +108,9 @@ class Endpoint:
 
 #: Picks the grpclib method of an endpoint, e.g. ``lambda e: e.mailbox.Append``.
 MethodOf = Callable[[Endpoint], Any]
+#: The metadata of a call: the same for every endpoint, or made for the
+#: endpoint the call goes to (its own admin token).
+Metadata = Mapping[str, str] | Callable[[Endpoint], Mapping[str, str]]
 
 
 class _Failed(Exception):
@@ -154,6 +163,13 @@ class EndpointPool:
     def healthy(self) -> list[Endpoint]:
         return [endpoint for endpoint in self.endpoints if endpoint.healthy]
 
+    def status(self) -> str:
+        """A logfmt summary for status lines: members up, and the counters."""
+        stats = self.stats
+        return (f"members_up={len(self.healthy())}/{len(self.endpoints)} "
+                f"failovers={stats.failovers} ambiguous={stats.ambiguous} "
+                f"ambiguous_retried={stats.ambiguous_retried} no_healthy={stats.no_healthy}")
+
     def close(self) -> None:
         self._closed = True
         for endpoint in self.endpoints:
@@ -164,7 +180,7 @@ class EndpointPool:
     # --- calls ------------------------------------------------------------
 
     async def call(self, operation: str, method: MethodOf, request: Any,
-                   metadata: Mapping[str, str], timeout: float, *,
+                   metadata: Metadata, timeout: float, *,
                    retry_ambiguous: bool = False, subject: str | None = None) -> Any:
         """Run one unary call on the best endpoint, failing over as the
         module describes. ``subject`` (a user name) only goes into logs."""
@@ -226,9 +242,11 @@ class EndpointPool:
         return least[next(self._turn) % len(least)]
 
     async def _attempt(self, endpoint: Endpoint, method: MethodOf, request: Any,
-                       metadata: Mapping[str, str], timeout: float) -> Any:
+                       metadata: Metadata, timeout: float) -> Any:
         """One call on one endpoint. Transport failures come out as
         :class:`_Failed`, telling whether the request had been sent."""
+        if callable(metadata):
+            metadata = metadata(endpoint)
         sent = False
         whole_request_sent = False
         endpoint.in_flight += 1

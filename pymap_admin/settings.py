@@ -143,13 +143,29 @@ class ConnectionSettings:
         return self.uses_tcp and self.tls is not False
 
     def members(self) -> tuple[ConnectionSettings, ...]:
-        """One settings value per endpoint: this one, or one per ``endpoints``."""
+        """One settings value per endpoint: this one, or one per ``endpoints``.
+
+        With several socket endpoints and no token given, each member uses
+        the admin token pymap writes beside its socket: a member's admin
+        token is trusted by the other members only once SWIM has converged
+        (and changes at each restart), so it is used with that member only.
+        """
         if not self.endpoints:
             return (self,)
         from dataclasses import replace
 
-        return tuple(replace(self, host=e.host, port=e.port, path=e.path, endpoints=())
-                     for e in self.endpoints)
+        own_tokens = self.token is None and self.token_file is None
+        return tuple(
+            replace(self, host=e.host, port=e.port, path=e.path, endpoints=(),
+                    token_file=e.path.parent / TOKEN_NAME if own_tokens and e.path else
+                    self.token_file)
+            for e in self.endpoints)
+
+    @property
+    def own_member_tokens(self) -> bool:
+        """True when each member uses its own admin token (see :meth:`members`)."""
+        return (len(self.endpoints) > 1 and self.token is None and self.token_file is None
+                and all(e.path is not None for e in self.endpoints))
 
     @property
     def target(self) -> str:

@@ -27,7 +27,7 @@ from pymap_admin.errors import AdminError, ConfigurationError
 from pymap_admin.outcomes import ExitStatus
 
 from .config import PROG, DaemonConfig, UsageError, build, find_config_file, load, render
-from .logfmt import event, reopen_files
+from .logfmt import event, parse, reopen_files
 from .metrics import MetricsServer, Stats
 
 if TYPE_CHECKING:
@@ -173,12 +173,16 @@ class Daemon:
 
     def status(self) -> dict[str, object]:
         reachable = {None: "unknown", True: "yes", False: "no"}[self.stats.pymap_reachable]
-        return {"sessions": self.server.session_count if self.server is not None else 0,
-                "in_flight": self.backend.in_flight if self.backend is not None else 0,
-                "pymap_reachable": reachable,
-                "delivered": self.stats.deliveries["2xx"],
-                "deferred": self.stats.deliveries["4xx"],
-                "refused": self.stats.deliveries["5xx"]}
+        values: dict[str, object] = {
+            "sessions": self.server.session_count if self.server is not None else 0,
+            "in_flight": self.backend.in_flight if self.backend is not None else 0,
+            "pymap_reachable": reachable,
+            "delivered": self.stats.deliveries["2xx"],
+            "deferred": self.stats.deliveries["4xx"],
+            "refused": self.stats.deliveries["5xx"]}
+        if self.client is not None and not self.client.pool.single:
+            values.update(parse(self.client.pool.status()))
+        return values
 
     def log_status(self) -> None:
         log.info(event("status", self.status()))

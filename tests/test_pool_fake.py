@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.server import Server
 
@@ -66,11 +67,31 @@ class DropAfterRequest:
 
 
 class HealthyFake(RunningFake):
-    """A FakeAdmin that also serves the standard health service, like pymap."""
+    """A FakeAdmin that also serves the standard health service, like pymap
+    (whose backend's status is its overall health): ``status.set(False)``
+    makes it answer NOT_SERVING."""
 
     def __init__(self, fake: FakeAdmin, path: Path) -> None:
         super().__init__(fake, path)
-        self._server = Server([fake, Health()])
+        self.status = ServiceStatus()
+        self.status.set(True)
+        # Checked under one of the fake's services; "" (what the pool asks)
+        # is the overall status of all of them.
+        self._server = Server([fake, Health({_ServiceOf(fake): [self.status]})])
+
+    async def __aenter__(self) -> HealthyFake:
+        await super().__aenter__()
+        return self
+
+
+class _ServiceOf:
+    """A hashable stand-in for the fake (a dataclass) as a health check key."""
+
+    def __init__(self, fake: FakeAdmin) -> None:
+        self._fake = fake
+
+    def __mapping__(self) -> dict[str, Any]:
+        return self._fake.__mapping__()
 
 
 def pool_settings(tmp_path: Path, *paths: Path, **kw: Any) -> ConnectionSettings:
@@ -133,6 +154,8 @@ async def test_a_second_lost_call_is_a_temporary_failure(tmp_path: Path) -> None
         assert (reply.code, reply.enhanced) == (451, "4.4.1")
         stats = client.pool.stats
         assert (stats.ambiguous, stats.ambiguous_retried) == (2, 1)
+        assert client.pool.status() == ("members_up=0/2 failovers=0 ambiguous=2 "
+                                        "ambiguous_retried=1 no_healthy=0")
 
 
 async def test_a_changing_call_is_not_repeated_after_a_lost_connection(tmp_path: Path) -> None:
@@ -191,3 +214,27 @@ async def test_one_endpoint_is_used_as_before(tmp_path: Path) -> None:
             with pytest.raises(ServerUnreachable, match="cannot connect"):
                 await client.append("alice", BODY)
         assert all(e.watcher is None for e in client.pool.endpoints)
+
+
+async def test_a_member_not_serving_is_taken_out_and_comes_back(tmp_path: Path) -> None:
+    fakes = [FakeAdmin(), FakeAdmin()]
+    async with HealthyFake(fakes[0], tmp_path / "a.sock") as first, \
+            HealthyFake(fakes[1], tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock"),
+                        health_interval=0.1) as client:
+        await client.append("alice", BODY)  # starts the health checks
+        first.status.set(False)  # e.g. its Redis went away
+        deadline = time.monotonic() + 15
+        while client.pool.endpoints[0].healthy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert not client.pool.endpoints[0].healthy
+        before = appends(fakes[0])
+        await asyncio.gather(*(client.append("alice", BODY) for _ in range(6)))
+        assert appends(fakes[0]) == before and appends(fakes[1]) >= 6
+
+        first.status.set(True)
+        while not client.pool.endpoints[0].healthy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert client.pool.endpoints[0].healthy
+        await asyncio.gather(*(client.append("alice", BODY) for _ in range(6)))
+        assert appends(fakes[0]) > before
