@@ -208,6 +208,11 @@ class AdminClient:
         return self._tokens
 
     @property
+    def tokens_minted(self) -> int:
+        """Per-request narrowed tokens made so far (for metrics)."""
+        return self._request_tokens.minted if self._request_tokens is not None else 0
+
+    @property
     def fast_path(self) -> FastPathStats | None:
         """Counters of the login-token fast path; None when it is off."""
         return self._login_tokens.stats if self._login_tokens is not None else None

@@ -228,10 +228,13 @@ def _row(code: int, enhanced: str, text: str, exit_status: ExitStatus) -> Outcom
     return Outcome(Reply(code, enhanced, text), exit_status)
 
 
-def delivered(*, discarded: bool = False) -> Outcome:
+def delivered(*, discarded: bool = False, queue_id: str = "") -> Outcome:
     """Stored by pymap (including where the user's Sieve script filed it), or
-    discarded by the user's own Sieve script: both are final for the MTA."""
-    text = "Message delivered" if not discarded else "Message delivered (discarded by Sieve)"
+    discarded by the user's own Sieve script: both are final for the MTA.
+    ``queue_id`` follows "Message delivered", as the MTA logs the reply: the
+    key that joins its log line to ours."""
+    text = " ".join(part for part in ("Message delivered", queue_id,
+                                      "(discarded by Sieve)" if discarded else "") if part)
     return _row(250, "2.0.0", text, ExitStatus.OK)
 
 

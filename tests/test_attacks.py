@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import struct
@@ -438,7 +439,7 @@ async def test_control_characters_in_addresses_and_long_sieve_reason(
         raw = [await asyncio.wait_for(client.reader.readuntil(b"\r\n"), CLOSE_TIMEOUT)
                for _ in range(2)]
         await client.close()
-    assert raw[0] == b"250 2.0.0 Message delivered\r\n"
+    assert re.fullmatch(rb"250 2\.0\.0 Message delivered \w+\.\d+\r\n", raw[0]), raw
     assert raw[1].startswith(b"550 5.7.1 no no no")
     assert len(raw[1]) <= 512
     stored = await asyncio.to_thread(maildir_pymap.fetch_all, "INBOX", "carl", "pw")
@@ -528,7 +529,7 @@ async def test_deadline_after_the_request_was_sent_is_logged_distinctly(
             _, replies = await client.transaction("s@example.com", [DEMO_USER], unique()[1])
         await client.close()
     assert [(r.code, r.enhanced) for r in replies] == [(451, "4.4.2")]
-    assert "status=deferred-after-send reply=451 4.4.2" in caplog.text
+    assert re.search(r'msg=deferred-after-send .*status="451 4\.4\.2 ', caplog.text)
 
 
 # -- also: token narrowing is never skipped ---------------------------------------
