@@ -57,6 +57,8 @@ class TokenSource:
         self._cached: str | None = None
         self._check_interval = check_interval
         self._next_check = 0.0
+        #: How many times the token file was read (for metrics).
+        self.reads = 0
 
     @property
     def path(self) -> Path | None:
@@ -102,6 +104,7 @@ class TokenSource:
 
     def _read(self) -> str:
         assert self._path is not None
+        self.reads += 1
         try:
             token = self._path.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
@@ -313,6 +316,8 @@ class RequestTokens:
         self._lifetime = lifetime
         self._renew_after = max(lifetime - _RENEW_MARGIN, lifetime / 2)
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
+        #: How many narrowed tokens were made (for metrics).
+        self.minted = 0
 
     def for_user(self, token: str, user: str) -> str:
         """``token`` narrowed to ``user`` and a few minutes. Raises
@@ -332,6 +337,7 @@ class RequestTokens:
                                                      self._lifetime))
         except ValueError:
             return token  # not a macaroon: the server will judge it
+        self.minted += 1
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[(token, user)] = (narrowed, now + self._renew_after.total_seconds())

@@ -29,12 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from pymap_admin.message import crlf
 from pymap_admin.outcomes import Replies, Reply
 
 from .headers import is_header_safe
 from .syntax import Mail, parse_mail, parse_rcpt, split_command, valid_lhlo_name
 
 __all__ = [
+    "FLUSH",
     "NEED_DATA",
     "PAUSED",
     "CheckRecipients",
@@ -59,6 +61,10 @@ ERROR_LIMIT: Final = 20
 # default of 50 recipients per LMTP transaction; it also bounds the lookups a
 # session can start before its unknown users reach ERROR_LIMIT.
 RCPT_BATCH_LIMIT: Final = 100
+# Replies queued while pipelined commands are processed are handed out (the
+# FLUSH event) once they reach this size, so a client that sends commands
+# without reading replies makes its session buffer this much, not more.
+FLUSH_SIZE: Final = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,10 +112,14 @@ class Sentinel(enum.Enum):
     NEED_DATA = "NEED_DATA"
     #: Waiting for recipients_checked or delivered.
     PAUSED = "PAUSED"
+    #: Replies have piled up: send data_to_send() (and let the client read
+    #: them) before calling next_event again.
+    FLUSH = "FLUSH"
 
 
 NEED_DATA: Final = Sentinel.NEED_DATA
 PAUSED: Final = Sentinel.PAUSED
+FLUSH: Final = Sentinel.FLUSH
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +198,7 @@ class Connection:
         self._host = options.hostname
         self._in = bytearray()
         self._out: list[bytes] = [Replies.GREETING.format(host=self._host).to_bytes()]
+        self._out_size = 0
         self._eof = False
         self._stopping = False
         self._phase = _Phase.COMMAND
@@ -234,6 +245,7 @@ class Connection:
         """The replies queued so far (taking them)."""
         out = b"".join(self._out)
         self._out.clear()
+        self._out_size = 0
         return out
 
     @property
@@ -251,6 +263,11 @@ class Connection:
     def closed(self) -> bool:
         return self._phase is _Phase.CLOSED
 
+    @property
+    def sender(self) -> str | None:
+        """The current transaction's reverse-path ("" for <>), for logs."""
+        return self._mail.sender if self._mail is not None else None
+
     def next_event(self) -> Event:
         """Process buffered input up to the next thing the caller must do."""
         while True:
@@ -267,6 +284,8 @@ class Connection:
                 continue
             if self._stopping:
                 return self._close(Replies.SHUTTING_DOWN.format(host=self._host), "shutdown")
+            if self._out_size >= FLUSH_SIZE:
+                return FLUSH
             line = self._next_line()
             if line is None:
                 if self._eof:
@@ -340,14 +359,16 @@ class Connection:
     def internal_error(self) -> Close:
         """The caller hit a bug: the client's view of the transaction is
         unknown, so drop what was queued, say 421 and close; the MTA retries."""
-        self._out.clear()
+        self.data_to_send()
         return self._close(Replies.INTERNAL_ERROR_CLOSING.format(host=self._host),
                            "internal-error")
 
     # -- plumbing ----------------------------------------------------------------
 
     def _send(self, reply: Reply) -> None:
-        self._out.append(reply.to_bytes())
+        data = reply.to_bytes()
+        self._out.append(data)
+        self._out_size += len(data)
 
     def _close(self, reply: Reply | None, reason: str) -> Close:
         if self._phase is not _Phase.CLOSED:
@@ -597,7 +618,7 @@ class Connection:
             return None
         message = IncomingMessage(
             session_id=self.session_id, peer=self.peer, lhlo_name=self._lhlo_name or "",
-            sender=mail.sender, recipients=recipients, data=bytes(data),
+            sender=mail.sender, recipients=recipients, data=crlf(bytes(data)),
             smtputf8=mail.smtputf8, body_8bitmime=mail.body_8bitmime,
             received_at=self._clock())
         self._phase = _Phase.DELIVERING

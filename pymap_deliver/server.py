@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from .lmtp import R_TOO_MANY_CONNECTIONS, DeliveryBackend, LMTPOptions, LMTPSession
+from pymap_admin.outcomes import Replies
+
+from .lmtp import DeliveryBackend, LMTPOptions, LMTPSession
+from .logfmt import event
+from .metrics import Stats
 
 __all__ = [
     "DeliveryServer",
@@ -32,7 +36,6 @@ __all__ = [
     "TcpEndpoint",
     "UnixEndpoint",
     "install_signal_handlers",
-    "serve",
     "systemd_listen_sockets",
 ]
 
@@ -204,23 +207,30 @@ class DeliveryServer:
     """The LMTP server: ``await start()``, then ``stop()`` and
     ``await wait_closed()``; or use it as an async context manager."""
 
-    def __init__(self, backend: DeliveryBackend, config: ServerConfig) -> None:
+    def __init__(self, backend: DeliveryBackend, config: ServerConfig, *,
+                 stats: Stats | None = None) -> None:
         self.backend = backend
         self.config = config
+        #: What the server counts (sessions accepted and refused).
+        self.stats = stats if stats is not None else Stats()
         self._options = config.lmtp_options()
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[tuple[str, tuple[int, int]]] = []
         self._sessions: set[LMTPSession] = set()
         self._stopping = False
         self._closed: asyncio.Event | None = None
-        self._refusal = R_TOO_MANY_CONNECTIONS.format(host=config.hostname).encode() + b"\r\n"
+        self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
 
     def reconfigure(self, config: ServerConfig) -> None:
         """New settings for sessions opened from now on (SIGHUP); open
         sessions keep theirs, listeners stay as they are."""
         self.config = config
         self._options = config.lmtp_options()
-        self._refusal = R_TOO_MANY_CONNECTIONS.format(host=config.hostname).encode() + b"\r\n"
+        self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
     def session_count(self) -> int:
@@ -233,8 +243,12 @@ class DeliveryServer:
 
     def _protocol(self) -> asyncio.BaseProtocol:
         if len(self._sessions) >= self.config.max_connections or self._stopping:
-            log.warning("connection refused: %d sessions open", len(self._sessions))
+            self.stats.sessions_refused += 1
+            log.warning(event("connection refused", {
+                "reason": "stopping" if self._stopping else "too many sessions",
+                "sessions": len(self._sessions)}))
             return _Refuser(self._refusal)
+        self.stats.sessions_opened += 1
         session = LMTPSession(
             self.backend,
             self._options,
@@ -293,7 +307,9 @@ class DeliveryServer:
             self._close_listeners()
             raise
         for sock in self.sockets:
-            log.info("listening on %s", sock.getsockname() or "unnamed socket")
+            name = sock.getsockname()
+            address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else name
+            log.info(event("listening", {"address": address or "unnamed socket"}))
 
     def _close_listeners(self) -> None:
         for server in self._servers:
@@ -311,7 +327,7 @@ class DeliveryServer:
         if self._stopping:
             return
         self._stopping = True
-        log.info("stopping: %d sessions open", len(self._sessions))
+        log.info(event("stopping listeners", {"sessions": len(self._sessions)}))
         self._close_listeners()
         for session in list(self._sessions):
             session.shutdown()
@@ -323,7 +339,8 @@ class DeliveryServer:
 
     def _abort_all(self) -> None:
         if self._sessions:
-            log.warning("shutdown timeout: aborting %d sessions", len(self._sessions))
+            log.warning(event(f"shutdown timeout: aborting {len(self._sessions)} sessions",
+                              sessions=len(self._sessions)))
         for session in list(self._sessions):
             session.abort()
         # A session whose delivery still waits for the backend reports itself
@@ -371,11 +388,3 @@ def install_signal_handlers(
     # operator's habit, a closed terminal). Reloading is not implemented yet.
     loop.add_signal_handler(signal.SIGHUP, log.info,
                             "received SIGHUP: ignored (nothing to reload yet)")
-
-
-async def serve(backend: DeliveryBackend, config: ServerConfig) -> None:
-    """Run a server until SIGTERM/SIGINT and until it has closed gracefully."""
-    server = DeliveryServer(backend, config)
-    await server.start()
-    install_signal_handlers(asyncio.get_running_loop(), server)
-    await server.wait_closed()

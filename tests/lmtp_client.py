@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymap_admin.outcomes import Reply as ServerReply
 from pymap_deliver.lmtp import IncomingMessage
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
@@ -157,6 +158,10 @@ def message(body: str = "Hello.", *, subject: str = "test") -> bytes:
     ).encode()
 
 
+#: What the scripted backend answers after DATA unless told otherwise.
+DELIVERED = ServerReply(250, "2.0.0", "Message delivered")
+
+
 @dataclass
 class ScriptedBackend:
     """A DeliveryBackend whose answers are set by the test.
@@ -167,27 +172,24 @@ class ScriptedBackend:
     return a wrong number of replies). Every message is recorded.
     """
 
-    rcpt: dict[str, str | BaseException] = field(default_factory=dict)
-    delivery: dict[str, str] = field(default_factory=dict)
-    deliver_hook: Callable[[IncomingMessage], Awaitable[Sequence[str]]] | None = None
+    rcpt: dict[str, ServerReply | BaseException] = field(default_factory=dict)
+    delivery: dict[str, ServerReply] = field(default_factory=dict)
+    deliver_hook: Callable[[IncomingMessage], Awaitable[Sequence[ServerReply]]] | None = None
     messages: list[IncomingMessage] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
 
-    async def check_recipient(self, address: str) -> str | None:
+    async def check_recipient(self, address: str) -> ServerReply | None:
         self.checked.append(address)
         verdict = self.rcpt.get(address)
         if isinstance(verdict, BaseException):
             raise verdict
         return verdict
 
-    async def deliver(self, message: IncomingMessage) -> Sequence[str]:
+    async def deliver(self, message: IncomingMessage) -> Sequence[ServerReply]:
         self.messages.append(message)
         if self.deliver_hook is not None:
             return await self.deliver_hook(message)
-        return [
-            self.delivery.get(r, f"250 2.0.0 <{message.session_id}> Message delivered")
-            for r in message.recipients
-        ]
+        return [self.delivery.get(r, DELIVERED) for r in message.recipients]
 
 
 def tcp_port(server: DeliveryServer) -> int:

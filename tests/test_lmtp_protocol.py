@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pymap_admin.message import crlf
+from pymap_admin.outcomes import Reply as ServerReply
 from pymap_deliver.lmtp import IncomingMessage
 
 from .lmtp_client import (
+    DELIVERED,
     LMTPClient,
     Reply,
     ScriptedBackend,
@@ -159,8 +161,8 @@ async def test_delivered(n: int) -> None:
 async def test_backend_replies_are_passed_in_order(n: int) -> None:
     backend = ScriptedBackend(
         delivery={
-            "a@example.com": "451 4.3.0 Temporary failure",
-            "c@example.com": "550 5.7.1 Rejected by Sieve",
+            "a@example.com": ServerReply(451, "4.3.0", "Temporary failure"),
+            "c@example.com": ServerReply(550, "5.7.1", "Rejected by Sieve"),
         }
     )
     async with running_server(backend) as server, connected(server) as client:
@@ -225,7 +227,7 @@ async def test_8bit_accepted(n: int, mail: str, reject: bool) -> None:
 
 @N
 async def test_backend_exception(n: int, caplog: pytest.LogCaptureFixture) -> None:
-    async def boom(message: IncomingMessage) -> Sequence[str]:
+    async def boom(message: IncomingMessage) -> Sequence[ServerReply]:
         raise RuntimeError("backend exploded")
 
     backend = ScriptedBackend(deliver_hook=boom)
@@ -239,8 +241,8 @@ async def test_backend_exception(n: int, caplog: pytest.LogCaptureFixture) -> No
 @N
 @pytest.mark.parametrize("wrong", [0, 2, 4])
 async def test_backend_wrong_reply_count(n: int, wrong: int) -> None:
-    async def miscount(message: IncomingMessage) -> Sequence[str]:
-        return ["250 2.0.0 OK"] * wrong
+    async def miscount(message: IncomingMessage) -> Sequence[ServerReply]:
+        return [DELIVERED] * wrong
 
     backend = ScriptedBackend(deliver_hook=miscount)
     async with running_server(backend) as server, connected(server) as client:
@@ -250,14 +252,14 @@ async def test_backend_wrong_reply_count(n: int, wrong: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["250 OK", "hello", "250 2.0.0 two\r\n250 2.0.0 lines", "550 2.0.0 mixed", ""]
+    "bad", ["250 2.0.0 a string, not a Reply", None, ServerReply(354, "", "not after data")]
 )
-async def test_backend_malformed_reply_becomes_451(bad: str) -> None:
-    backend = ScriptedBackend(delivery={"b@example.com": bad})
+async def test_backend_reply_that_is_not_a_final_reply_becomes_451(bad: object) -> None:
+    backend = ScriptedBackend(delivery={"b@example.com": bad})  # type: ignore[dict-item]
     async with running_server(backend) as server, connected(server) as client:
         _, replies = await client.transaction("s@example.com", RECIPIENTS[3], message())
         await client.assert_no_pending_reply()
-    assert [r.code for r in replies] == [250, 451, 250]
+    assert [r.code for r in replies] == [451, 451, 451]
 
 
 @N
@@ -274,8 +276,8 @@ async def test_duplicate_recipient_gets_its_own_reply(n: int) -> None:
 async def test_rejected_recipients_get_no_data_reply() -> None:
     backend = ScriptedBackend(
         rcpt={
-            "unknown@example.com": "550 5.1.1 User unknown",
-            "later@example.com": "451 4.4.1 Server unreachable",
+            "unknown@example.com": ServerReply(550, "5.1.1", "User unknown"),
+            "later@example.com": ServerReply(451, "4.4.1", "Server unreachable"),
         }
     )
     rcpts = ["a@example.com", "unknown@example.com", "later@example.com", "b@example.com"]
@@ -293,10 +295,11 @@ async def test_rejected_recipients_get_no_data_reply() -> None:
 
 
 @pytest.mark.parametrize(
-    "verdict", [RuntimeError("lookup failed"), "250 2.1.5 but not None", "nonsense"]
+    "verdict", [RuntimeError("lookup failed"), ServerReply(250, "2.1.5", "but not None"),
+                "550 5.1.1 a string, not a Reply"]
 )
-async def test_check_recipient_failure_gives_451(verdict: str | BaseException) -> None:
-    backend = ScriptedBackend(rcpt={"a@example.com": verdict})
+async def test_check_recipient_failure_gives_451(verdict: object) -> None:
+    backend = ScriptedBackend(rcpt={"a@example.com": verdict})  # type: ignore[dict-item]
     async with running_server(backend) as server, connected(server) as client:
         await client.command("MAIL FROM:<s@example.com>")
         reply = await client.command("RCPT TO:<a@example.com>")
@@ -395,7 +398,7 @@ async def test_too_many_recipients() -> None:
 
 
 async def test_pipelined_batch() -> None:
-    backend = ScriptedBackend(rcpt={"x@example.com": "550 5.1.1 User unknown"})
+    backend = ScriptedBackend(rcpt={"x@example.com": ServerReply(550, "5.1.1", "User unknown")})
     async with running_server(backend) as server, connected(server) as client:
         await client.send(
             b"MAIL FROM:<s@example.com>\r\n"

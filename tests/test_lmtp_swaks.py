@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pymap_admin.outcomes import Reply
 from pymap_deliver.server import UnixEndpoint
 
 from ._require import require_tool
@@ -79,8 +80,8 @@ async def test_single_recipient(pipeline: bool) -> None:
 @pytest.mark.parametrize("pipeline", [False, True], ids=["lockstep", "pipelined"])
 async def test_multi_recipient_with_failures(pipeline: bool) -> None:
     backend = ScriptedBackend(
-        rcpt={"nobody@example.com": "550 5.1.1 User unknown"},
-        delivery={"bob@example.com": "451 4.3.0 Temporary failure"},
+        rcpt={"nobody@example.com": Reply(550, "5.1.1", "User unknown")},
+        delivery={"bob@example.com": Reply(451, "4.3.0", "Temporary failure")},
     )
     rcpts = ["alice@example.com", "nobody@example.com", "bob@example.com", "carol@example.com"]
     async with running_server(backend) as server:

@@ -281,9 +281,14 @@ def _analyze() -> str:
     return require_tool("systemd-analyze", "/usr/bin/systemd-analyze")
 
 
-def test_units_verify(installed: Installed) -> None:
+def test_units_verify(installed: Installed, tmp_path: Path) -> None:
     analyze = _analyze()
-    units = installed.root / "etc/systemd/system"
+    # With the pipe token drop-in enabled, as an operator would.
+    units = tmp_path / "system"
+    shutil.copytree(installed.root / "etc/systemd/system", units)
+    (units / "pymap.service.d").mkdir()
+    shutil.copy(installed.root / "usr/local/share/doc/pymap-deliver/systemd/"
+                "pymap-admin-token.conf", units / "pymap.service.d")
     # verify checks that ExecStart= exists and that man: documentation is there.
     done = _run([analyze, "verify", "--man=yes", units / "pymap.service",
                  units / "pymap-deliver.service", units / "pymap-deliver.socket"],
@@ -371,3 +376,149 @@ def test_acceptance_delivery_through_postfix(installed: Installed, tmp_path: Pat
             agent.wait(30)
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- the container image --------------------------------------------------------
+
+def _deliver_and_read_back(lmtp_port: int, imap_port: int) -> None:
+    import imaplib
+    import smtplib
+
+    tag = uuid.uuid4().hex
+    with smtplib.LMTP("127.0.0.1", lmtp_port) as lmtp:
+        lmtp.ehlo("mx.example.com")
+        lmtp.mail("sender@example.com")
+        lmtp.rcpt(f"{DEMO_USER}@example.com")
+        code, text = lmtp.data(f"Subject: {tag}\r\n\r\nhello\r\n".encode())
+    assert code == 250, text
+    imap = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
+    try:
+        imap.login(DEMO_USER, "demopass")
+        imap.select("INBOX", readonly=True)
+        _, found = imap.search(None, "SUBJECT", tag)
+        assert len(found[0].split()) == 1
+    finally:
+        imap.logout()
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None,
+                   timeout: float = 60) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process is None or process.poll() is None, "exited early"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_container_command_in_the_shared_environment(installed: Installed) -> None:
+    """The image's command (contrib/docker/pymap-with-deliver), run as an
+    unprivileged user with the shared environment's programs, as the image
+    runs it: pymap and pymap-deliver start, a message goes in and comes back."""
+    from devstack.localpymap import free_port
+
+    setpriv = require_tool("setpriv")
+    # Outside pytest's root-only folder: the user "nobody" must get in.
+    tmp_path = Path(tempfile.mkdtemp(prefix="pymap-container-"))
+    tmp_path.chmod(0o755)
+    tmpdir = tmp_path / "run"
+    tmpdir.mkdir()
+    shutil.chown(tmpdir, "nobody")
+    command = tmp_path / "pymap-with-deliver"
+    shutil.copy(REPO / "contrib" / "docker" / "pymap-with-deliver", command)
+    ports = {name: free_port() for name in ("IMAP_PORT", "SIEVE_PORT", "ADMIN_PORT",
+                                            "LMTP_PORT")}
+    env = {"PATH": f"{installed.bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmpdir),
+           **{name: str(port) for name, port in ports.items()}}
+    log = tmp_path / "container.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             str(command)],
+            env=env, stdout=out, stderr=out)
+    try:
+        _wait_for_port(ports["LMTP_PORT"], process)
+        _wait_for_port(ports["IMAP_PORT"], process)
+        _deliver_and_read_back(ports["LMTP_PORT"], ports["IMAP_PORT"])
+    except AssertionError:
+        raise AssertionError(log.read_text()) from None
+    finally:
+        process.terminate()
+        status = process.wait(60)
+        text = log.read_text()
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    assert status == 0, text
+
+
+def _container_engine() -> str | None:
+    for engine in ("docker", "podman"):
+        path = shutil.which(engine)
+        if path and _run([path, "info"], timeout=60).returncode == 0:
+            return path
+    return None
+
+
+def test_container_image_builds_and_delivers(tmp_path: Path) -> None:
+    """Only where a container engine runs (not required in CI)."""
+    engine = _container_engine()
+    if engine is None:
+        pytest.skip("no container engine running here (docker/podman info fails)")
+    from devstack.localpymap import free_port
+
+    tag = f"pymap-deliver-test:{uuid.uuid4().hex[:8]}"
+    _check([engine, "build", "-t", tag, REPO], timeout=1200)
+    lmtp_port, imap_port = free_port(), free_port()
+    name = f"pymap-deliver-{uuid.uuid4().hex[:8]}"
+    _check([engine, "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{lmtp_port}:2424",
+            "-p", f"127.0.0.1:{imap_port}:1143", tag])
+    try:
+        _wait_for_port(lmtp_port)
+        _wait_for_port(imap_port)
+        _deliver_and_read_back(lmtp_port, imap_port)
+    finally:
+        _run([engine, "stop", name], timeout=120)
+        _run([engine, "rmi", tag], timeout=120)
+
+
+def test_build_requires_the_runtime_dependencies() -> None:
+    """setup.py imports the package to generate the man pages, so the build
+    needs its dependencies with the same ranges: change both together."""
+    import tomllib
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert set(pyproject["project"]["dependencies"]) <= set(
+        pyproject["build-system"]["requires"])
+
+
+def test_token_drop_in_copies_this_runs_token(tmp_path: Path) -> None:
+    """The drop-in's ExecStartPost command, run with the test's paths: it
+    waits for the token pymap writes after start, then installs it for the
+    pipe user, mode 0600."""
+    import pwd
+    import threading
+
+    require(os.geteuid() == 0, "installs a file for another user: needs root")
+    text = (REPO / "contrib/systemd/pymap-admin-token.conf").read_text()
+    match = re.search(r"^ExecStartPost=-\+/bin/sh -c '(.*)'$", text, re.M)
+    assert match is not None, "the drop-in runs privileged (+) and may fail (-)"
+    token, copy = tmp_path / "run/pymap/tmp/pymap/pymap-admin.token", tmp_path / "deliver.token"
+    script = (match.group(1)
+              .replace("/run/pymap/tmp/pymap/pymap-admin.token", str(token))
+              .replace("/etc/pymap/deliver.token", str(copy))
+              .replace("-o pymap-deliver", "-o nobody"))
+
+    def pymap_starts() -> None:
+        token.parent.mkdir(parents=True)
+        token.write_text("this-run")
+
+    threading.Timer(0.5, pymap_starts).start()
+    _check(["/bin/sh", "-c", script], timeout=60)
+    assert copy.read_text() == "this-run"
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert pwd.getpwuid(copy.stat().st_uid).pw_name == "nobody"

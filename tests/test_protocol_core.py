@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from pymap_admin.outcomes import MAX_REPLY_LINE, Replies, Reply
 from pymap_deliver.protocol import (
     ERROR_LIMIT,
+    FLUSH,
+    FLUSH_SIZE,
     NEED_DATA,
     PAUSED,
     RCPT_BATCH_LIMIT,
@@ -60,6 +62,7 @@ class Driver:
     messages: list[IncomingMessage] = field(default_factory=list)
     batches: list[tuple[str, ...]] = field(default_factory=list)
     closed: Close | None = None
+    out: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
         self.conn = Connection(self.options, session_id="sess", peer="127.0.0.1:1",
@@ -71,7 +74,9 @@ class Driver:
             if event is NEED_DATA:
                 return
             assert event is not PAUSED
-            if isinstance(event, CheckRecipients):
+            if event is FLUSH:
+                self.out += self.conn.data_to_send()
+            elif isinstance(event, CheckRecipients):
                 self.batches.append(event.addresses)
                 self.conn.recipients_checked([self.verdict(a) for a in event.addresses])
             elif isinstance(event, Deliver):
@@ -85,7 +90,9 @@ class Driver:
     def feed(self, data: bytes) -> list[tuple[int, str, str]]:
         self.conn.receive_data(data)
         self.run()
-        return parse_replies(self.conn.data_to_send())
+        out = bytes(self.out) + self.conn.data_to_send()
+        self.out.clear()
+        return parse_replies(out)
 
     def start(self) -> None:
         replies = self.feed(b"LHLO client.example\r\n")
@@ -375,7 +382,8 @@ def test_bare_lf_body_of_short_lines_is_accepted() -> None:
     driver, replies = _data_replies(1, body + b"\r\n.\r\n",
                                     options=LMTPOptions(hostname="h", line_length_limit=65536))
     assert replies == [250]
-    assert driver.messages[0].data == body + b"\r\n"
+    # stored with CRLF line ends, as IMAP wants them
+    assert driver.messages[0].data == b"line of text\r\n" * 6000 + b"\r\n"
 
 
 def test_long_line_followed_by_dot_line_is_not_the_end() -> None:
@@ -389,7 +397,7 @@ def test_bare_lf_dot_does_not_end_data() -> None:
     body = b"Subject: x\r\n\r\nbefore\n.\nMAIL FROM:<evil@example.com>\r\nafter\r\n"
     driver, replies = _data_replies(1, body + b".\r\n")
     assert replies == [250]
-    assert driver.messages[0].data == body
+    assert driver.messages[0].data == body.replace(b"\n.\n", b"\r\n.\r\n")
 
 
 @N
@@ -514,7 +522,7 @@ def test_whole_session_in_one_piece() -> None:
     out, messages, closed = _run_split([])
     assert codes(parse_replies(out)) == [220, 250, 250, 250, 501, 250, 354, 250, 250, 250,
                                          250, 250, 354, 554, 221]
-    assert messages[0].data == b"x\r\n.\r\nbare\n.\nlf\r\n\r\n"
+    assert messages[0].data == b"x\r\n.\r\nbare\r\n.\r\nlf\r\n\r\n"
     assert closed == Close("quit")
 
 
@@ -526,3 +534,19 @@ def test_any_split_of_the_input_gives_the_same_replies(cuts: list[int]) -> None:
 
 def test_byte_at_a_time() -> None:
     assert _run_split(list(range(len(SESSION)))) == _run_split([])
+
+
+def test_replies_piling_up_are_handed_out_in_slices() -> None:
+    # A client that pipelines without reading: the session hands out its
+    # replies a slice at a time (the adapter stops when the client does not
+    # take them) instead of answering everything buffered at once.
+    conn = Connection(LMTPOptions(hostname="h"), session_id="s", peer="p")
+    conn.receive_data(b"HELP\r\n" * 5000)
+    assert conn.next_event() is FLUSH
+    first = conn.data_to_send()
+    assert FLUSH_SIZE <= len(first) < FLUSH_SIZE + 200
+    assert conn.buffered > 0
+    while (event := conn.next_event()) is FLUSH:
+        conn.data_to_send()
+    assert event is NEED_DATA
+    assert conn.buffered == 0

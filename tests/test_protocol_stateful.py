@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pymap_admin.outcomes import Reply
 from pymap_deliver.protocol import (
+    FLUSH,
     NEED_DATA,
     PAUSED,
     CheckRecipients,
@@ -102,6 +103,9 @@ class LMTPSessionMachine(RuleBasedStateMachine):
             if event is NEED_DATA:
                 break
             assert event is not PAUSED
+            if event is FLUSH:
+                self.collect()
+                continue
             if isinstance(event, Close):
                 self.collect()
                 self.closed = event

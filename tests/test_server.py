@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pymap_admin.outcomes import Reply as ServerReply
 from pymap_deliver.lmtp import IncomingMessage
 from pymap_deliver.server import (
     DeliveryServer,
@@ -28,6 +29,7 @@ from pymap_deliver.server import (
 
 from ._require import require_tool
 from .lmtp_client import (
+    DELIVERED,
     LMTPClient,
     ScriptedBackend,
     connected,
@@ -51,11 +53,11 @@ class Gate:
         self.release = asyncio.Event()
         self.finished: list[IncomingMessage] = []
 
-    async def __call__(self, message: IncomingMessage) -> Sequence[str]:
+    async def __call__(self, message: IncomingMessage) -> Sequence[ServerReply]:
         self.started.set()
         await self.release.wait()
         self.finished.append(message)
-        return ["250 2.0.0 Message delivered"] * len(message.recipients)
+        return [DELIVERED] * len(message.recipients)
 
 
 async def _start_data(client: LMTPClient, recipients: Sequence[str]) -> None:
@@ -96,9 +98,9 @@ async def test_idle_timeout_sends_421() -> None:
 
 
 async def test_slow_delivery_is_not_an_idle_timeout() -> None:
-    async def slow(message: IncomingMessage) -> Sequence[str]:
+    async def slow(message: IncomingMessage) -> Sequence[ServerReply]:
         await asyncio.sleep(0.6)
-        return ["250 2.0.0 Message delivered"] * len(message.recipients)
+        return [DELIVERED] * len(message.recipients)
 
     backend = ScriptedBackend(deliver_hook=slow)
     async with running_server(backend, idle_timeout=0.2) as server, connected(server) as client:
@@ -198,17 +200,25 @@ def test_systemd_without_env() -> None:
 
 _CHILD = """
 import asyncio, logging, sys
-from pymap_deliver.server import ServerConfig, serve
+from pymap_admin.outcomes import Reply
+from pymap_deliver.server import DeliveryServer, ServerConfig, install_signal_handlers
 
 class Backend:
     async def check_recipient(self, address):
         return None
     async def deliver(self, message):
         print("delivered", *message.recipients, flush=True)
-        return ["250 2.0.0 Message delivered"] * len(message.recipients)
+        return [Reply(250, "2.0.0", "Message delivered")] * len(message.recipients)
+
+async def main():
+    config = ServerConfig(use_systemd_sockets=True, hostname="child.test")
+    server = DeliveryServer(Backend(), config)
+    await server.start()
+    install_signal_handlers(asyncio.get_running_loop(), server)
+    await server.wait_closed()
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-asyncio.run(serve(Backend(), ServerConfig(use_systemd_sockets=True, hostname="child.test")))
+asyncio.run(main())
 print("exited cleanly", flush=True)
 """
 
