@@ -50,9 +50,6 @@ def configure_logging(level: int, stream: TextIO) -> None:
     from pymap_admin.logs import configure_logging as configure_admin_logging
 
     configure_admin_logging(level, stream)
-    # aiosmtpd narrates every connection at INFO; our own session and
-    # delivery lines say what an operator needs.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, level))
 
 
 class Daemon:

@@ -73,8 +73,8 @@ class ServerConfig:
 
     ``line_length_limit``: 64 KiB per data line. RFC 5321 says 1000 octets,
     but real mail breaks it and refusing would bounce it for good; postfix
-    reads longer lines and splits them, Dovecot's LMTP has no limit. The value
-    also sizes the per-connection read buffer (aiosmtpd's StreamReader limit).
+    reads longer lines and splits them, Dovecot's LMTP has no limit. Lines
+    are counted from LF to LF.
 
     ``idle_timeout``: 300 s, postfix's smtpd_timeout; only time spent waiting
     for the client counts, not time spent delivering.
