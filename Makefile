@@ -87,6 +87,7 @@ run-cluster: venv pymap-venv
 bench: venv pymap-venv
 	$(VENV)/bin/python -m benchmarks.append_cli
 	$(VENV)/bin/python -m benchmarks.lmtp_load
+	$(VENV)/bin/python -m benchmarks.cluster
 
 clean:
 	rm -rf $(VENV) $(PYMAP_VENV) $(PROTOC_VENV) $(SHARED_VENV) dist .mypy_cache .ruff_cache .pytest_cache

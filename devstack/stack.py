@@ -114,10 +114,12 @@ async def run_cluster(args: argparse.Namespace) -> int:
           f"one SWIM cluster) in {workdir} ...", flush=True)
     await asyncio.to_thread(cluster.start)
     try:
-        token = await _cluster_identity(cluster)
+        await _create_demo_user(cluster)
+        # Every member's socket and no token: pymap-deliver calls each member
+        # with the admin token pymap wrote beside its socket, and mints
+        # per-user login tokens (in Redis: valid on every member).
         settings = ConnectionSettings(
-            endpoints=tuple(EndpointAddress(path=path) for path in cluster.socket_paths()),
-            token=token)
+            endpoints=tuple(EndpointAddress(path=path) for path in cluster.socket_paths()))
         port = args.port or free_port()
         config = ServerConfig(tcp=(TcpEndpoint(host="127.0.0.1", port=port),),
                               hostname=socket.gethostname() or "localhost")
@@ -146,6 +148,8 @@ async def run_cluster(args: argparse.Namespace) -> int:
                       f"admin socket {member.socket_path}")
             print(f"  IMAP user {DEMO_USER} / {DEMO_PASSWORD} on any member")
             print(f"  redis:    {cluster.redis.url}")
+            paths = " ".join(f"--path {path}" for path in cluster.socket_paths())
+            print(f"  admin:    pymap-admin {paths} get-user {DEMO_USER}")
             print("Press Ctrl-C to stop.", flush=True)
             if args.once:
                 server.stop()
@@ -157,19 +161,14 @@ async def run_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _cluster_identity(cluster: PymapCluster) -> str:
-    """Create the demo user and a delivery user with role admin through
-    member 0 (with its own admin token, which the other members trust only
-    once SWIM has converged), and return the delivery user's login token:
-    it lives in Redis, so every member accepts it at once."""
-    import secrets
-
+async def _create_demo_user(cluster: PymapCluster) -> None:
+    """The demo user, created through member 0 with its own admin token
+    (which the other members trust only once SWIM has converged); Redis
+    makes it a user of every member at once."""
     first = cluster.members[0]
     settings = ConnectionSettings(path=first.socket_path, token_file=first.token_path)
-    async with AdminClient(settings) as admin:
+    async with AdminClient(settings, login_tokens=False) as admin:
         await admin.set_user(DEMO_USER, password=DEMO_PASSWORD)
-        await admin.set_user("pymap-deliver", password=secrets.token_hex(16), roles=["admin"])
-        return (await admin.login("pymap-deliver")).bearer_token
 
 
 def _lmtp_reply(port: int, data: bytes) -> str:

@@ -23,7 +23,7 @@ from grpclib.client import Channel
 from . import errors
 from ._wire import SerializedAppend, make_channel
 from .logintokens import FastPathStats, LoginTokens, NoLoginTokens, TokenCacheFolder
-from .pool import DEFAULT_HEALTH_INTERVAL, Endpoint, EndpointPool, MethodOf
+from .pool import DEFAULT_HEALTH_INTERVAL, Endpoint, EndpointPool, Metadata, MethodOf
 from .settings import ConnectionSettings
 from .tokens import RequestTokens, TokenSource, inspect_token, token_kind
 
@@ -149,15 +149,27 @@ class AdminClient:
     ) -> None:
         self.settings = settings if settings is not None else ConnectionSettings()
         self._timeout = self.settings.timeout
+        # Each member's own admin token (several sockets, no token given):
+        # the other members trust it only once SWIM has converged.
+        own_tokens = tokens is None and channel is None and self.settings.own_member_tokens
         if channel is not None:
             endpoints = [Endpoint("the admin service", channel)]
         else:
-            endpoints = [Endpoint(member.target, make_channel(member))
+            endpoints = [Endpoint(member.target, make_channel(member),
+                                  TokenSource(path=member.token_file) if own_tokens else None)
                          for member in self.settings.members()]
         #: The admin endpoints and how they are used (one: just that one).
         self.pool = EndpointPool(endpoints, health_interval=health_interval)
-        self._tokens = tokens if tokens is not None else TokenSource(
-            token=self.settings.token, path=self.settings.token_path())
+        self._member_tokens = [e.tokens for e in endpoints if e.tokens is not None]
+        if self._member_tokens:
+            # What start-up checks and the fast path look at: the first
+            # member's whose token file is there (a member may be down).
+            self._tokens = next((t for t in self._member_tokens
+                                 if t.path is not None and t.path.exists()),
+                                self._member_tokens[0])
+        else:
+            self._tokens = tokens if tokens is not None else TokenSource(
+                token=self.settings.token, path=self.settings.token_path())
         self._request_tokens = RequestTokens() if attenuate_tokens else None
         self._short_lived = short_lived
         self._login_tokens: LoginTokens | None = None
@@ -196,6 +208,11 @@ class AdminClient:
         return self._tokens
 
     @property
+    def tokens_minted(self) -> int:
+        """Per-request narrowed tokens made so far (for metrics)."""
+        return self._request_tokens.minted if self._request_tokens is not None else 0
+
+    @property
     def fast_path(self) -> FastPathStats | None:
         """Counters of the login-token fast path; None when it is off."""
         return self._login_tokens.stats if self._login_tokens is not None else None
@@ -203,7 +220,7 @@ class AdminClient:
     # --- plumbing -------------------------------------------------------
 
     async def _invoke(self, operation: str, method: MethodOf, request: Any,
-                      metadata: Mapping[str, str], timeout: float | None, *,
+                      metadata: Metadata, timeout: float | None, *,
                       user: str | None = None) -> Any:
         """One call through the pool. Changing calls are not retried once
         they may have been carried out; see :mod:`pymap_admin.pool`."""
@@ -211,12 +228,25 @@ class AdminClient:
                                     timeout or self._timeout, subject=user,
                                     retry_ambiguous=operation not in _NOT_RETRIED)
 
-    def _token_metadata(self, user: str | None, token: str | None = None) -> dict[str, str]:
+    def _token_metadata(self, user: str | None, token: str | None = None) -> Metadata:
+        """The call's metadata with ``token`` (a login token, valid on every
+        member), else with the admin token of the member the call goes to."""
         if token is None:
+            if self._member_tokens:
+                return lambda endpoint: self._with_token(
+                    user, (endpoint.tokens or self._tokens).current())
             token = self._tokens.current()
+        return self._with_token(user, token)
+
+    def _with_token(self, user: str | None, token: str) -> dict[str, str]:
         if user is not None and self._request_tokens is not None:
             token = self._request_tokens.for_user(token, user)
         return {**self._version_metadata, "auth-token": token}
+
+    def _reload_tokens(self) -> bool:
+        """Re-read the token file(s) after a refusal; True if one changed."""
+        sources = self._member_tokens or [self._tokens]
+        return any([source.reload() for source in sources])
 
     def _admin_token_in_use(self) -> bool:
         """True when our token is pymap's admin token (the slow one)."""
@@ -263,7 +293,7 @@ class AdminClient:
                     fast_tokens.refused(user, login_token)
                     login_token = None
                     continue
-                if not retried and self._tokens.reload():
+                if not retried and self._reload_tokens():
                     retried = True
                     continue
             if isinstance(error, errors.InvalidAuth):

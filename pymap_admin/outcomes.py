@@ -69,6 +69,14 @@ _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
+def _capped(line: bytes) -> bytes:
+    """A reply line without its CRLF, cut to fit 512 octets with it, on a
+    character boundary (a client must get valid UTF-8)."""
+    if len(line) <= MAX_REPLY_LINE - 2:
+        return line
+    return line[:MAX_REPLY_LINE - 2].decode("utf-8", "ignore").encode("utf-8")
+
+
 def _one_line(text: str) -> str:
     # The text goes into a single reply line: never let a server's reason
     # (or anything else) smuggle a line break or a control into the protocol.
@@ -124,11 +132,7 @@ class Reply:
         for index, text in enumerate(lines):
             separator = " " if index == last else "-"
             prefix = f"{self.code}{separator}{self.enhanced + ' ' if self.enhanced else ''}"
-            line = (prefix + text).encode("utf-8")
-            if len(line) > MAX_REPLY_LINE - 2:
-                # Cut on a character boundary: a client must get valid UTF-8.
-                line = line[:MAX_REPLY_LINE - 2].decode("utf-8", "ignore").encode("utf-8")
-            out.append(line + b"\r\n")
+            out.append(_capped((prefix + text).encode("utf-8")) + b"\r\n")
         return b"".join(out)
 
 
@@ -212,8 +216,10 @@ class Outcome:
 
     @property
     def status_text(self) -> str:
-        """``2.0.0 Message delivered``: the enhanced code and text."""
-        return f"{self.reply.enhanced} {self.reply.text}"
+        """``2.0.0 Message delivered``: the enhanced code and text, capped
+        like a reply line (pipe(8) puts it into the DSN)."""
+        text = f"{self.reply.enhanced} {self.reply.text}"
+        return _capped(text.encode("utf-8")).decode("utf-8")
 
     @property
     def delivered(self) -> bool:
@@ -228,10 +234,13 @@ def _row(code: int, enhanced: str, text: str, exit_status: ExitStatus) -> Outcom
     return Outcome(Reply(code, enhanced, text), exit_status)
 
 
-def delivered(*, discarded: bool = False) -> Outcome:
+def delivered(*, discarded: bool = False, queue_id: str = "") -> Outcome:
     """Stored by pymap (including where the user's Sieve script filed it), or
-    discarded by the user's own Sieve script: both are final for the MTA."""
-    text = "Message delivered" if not discarded else "Message delivered (discarded by Sieve)"
+    discarded by the user's own Sieve script: both are final for the MTA.
+    ``queue_id`` follows "Message delivered", as the MTA logs the reply: the
+    key that joins its log line to ours."""
+    text = " ".join(part for part in ("Message delivered", queue_id,
+                                      "(discarded by Sieve)" if discarded else "") if part)
     return _row(250, "2.0.0", text, ExitStatus.OK)
 
 

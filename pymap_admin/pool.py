@@ -11,9 +11,10 @@ errors as a plain channel. With several:
   service every ``health_interval`` seconds, and at once after a connection
   error. A failed endpoint is taken out and re-probed with exponential
   backoff until its check answers SERVING again.
-* **Failover before the request was sent.** A call that fails before its
-  request went out (refused, no socket, TLS, a connect that timed out) has
-  done nothing on the server: it is tried at once on another endpoint.
+* **Failover before the request was sent.** A call that fails before all
+  of its request went out (refused, no socket, TLS, a connect that timed
+  out, a connection lost while the message was still being sent) has done
+  nothing on the server: it is tried at once on another endpoint.
 * **Ambiguous calls.** A call that fails after its request was sent
   (connection lost, deadline passed) may have been carried out: pymap
   stores an Append atomically but can die between storing and answering.
@@ -42,6 +43,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.exceptions import ProtocolError as _H2ProtocolError
 
 from . import errors
+from .tokens import TokenSource
 
 __all__ = ["DEFAULT_HEALTH_INTERVAL", "Endpoint", "EndpointPool", "PoolStats"]
 
@@ -73,13 +75,18 @@ class PoolStats:
 class Endpoint:
     """One admin endpoint: its channel, stubs and live state."""
 
-    def __init__(self, target: str, channel: Channel) -> None:
+    def __init__(self, target: str, channel: Channel, tokens: TokenSource | None = None
+                 ) -> None:
         from grpclib.health.v1.health_grpc import HealthStub
 
         from .grpc.admin_grpc import MailboxStub, SystemStub, UserStub
 
         self.target = target
         self.channel = channel
+        #: This endpoint's own admin token, where it has one (a cluster
+        #: member's, which the other members trust only once SWIM has
+        #: converged); None: the client's token.
+        self.tokens = tokens
         self.system = SystemStub(channel)
         self.mailbox = MailboxStub(channel)
         self.user = UserStub(channel)
@@ -102,6 +109,9 @@ class Endpoint:
 
 #: Picks the grpclib method of an endpoint, e.g. ``lambda e: e.mailbox.Append``.
 MethodOf = Callable[[Endpoint], Any]
+#: The metadata of a call: the same for every endpoint, or made for the
+#: endpoint the call goes to (its own admin token).
+Metadata = Mapping[str, str] | Callable[[Endpoint], Mapping[str, str]]
 
 
 class _Failed(Exception):
@@ -154,6 +164,13 @@ class EndpointPool:
     def healthy(self) -> list[Endpoint]:
         return [endpoint for endpoint in self.endpoints if endpoint.healthy]
 
+    def status(self) -> str:
+        """A logfmt summary for status lines: members up, and the counters."""
+        stats = self.stats
+        return (f"members_up={len(self.healthy())}/{len(self.endpoints)} "
+                f"failovers={stats.failovers} ambiguous={stats.ambiguous} "
+                f"ambiguous_retried={stats.ambiguous_retried} no_healthy={stats.no_healthy}")
+
     def close(self) -> None:
         self._closed = True
         for endpoint in self.endpoints:
@@ -164,7 +181,7 @@ class EndpointPool:
     # --- calls ------------------------------------------------------------
 
     async def call(self, operation: str, method: MethodOf, request: Any,
-                   metadata: Mapping[str, str], timeout: float, *,
+                   metadata: Metadata, timeout: float, *,
                    retry_ambiguous: bool = False, subject: str | None = None) -> Any:
         """Run one unary call on the best endpoint, failing over as the
         module describes. ``subject`` (a user name) only goes into logs."""
@@ -226,19 +243,21 @@ class EndpointPool:
         return least[next(self._turn) % len(least)]
 
     async def _attempt(self, endpoint: Endpoint, method: MethodOf, request: Any,
-                       metadata: Mapping[str, str], timeout: float) -> Any:
+                       metadata: Metadata, timeout: float) -> Any:
         """One call on one endpoint. Transport failures come out as
         :class:`_Failed`, telling whether the request had been sent."""
-        sent = False
+        if callable(metadata):
+            metadata = metadata(endpoint)
         whole_request_sent = False
         endpoint.in_flight += 1
         endpoint.calls += 1
         try:
             async with method(endpoint).open(timeout=timeout, metadata=metadata) as stream:
-                # Headers alone make pymap do nothing; once the message is
-                # on its way, the server may act on it.
-                await stream.send_request()
-                sent = True
+                # pymap acts on a request only once it has all of it: the
+                # last DATA frame carries END_STREAM, and grpclib writes it
+                # with no wait after it (a failure inside send_message comes
+                # from a wait before it: for the connection or the flow
+                # control window). Until then a failure has done nothing.
                 await stream.send_message(request, end=True)
                 whole_request_sent = True
                 reply = await stream.recv_message()
@@ -250,13 +269,13 @@ class EndpointPool:
             error = errors.map_grpc_error(exc)
             if isinstance(error, errors.TransportError | errors.DeadlineExceeded):
                 error.request_sent = whole_request_sent
-                raise _Failed(error, sent=sent) from exc
+                raise _Failed(error, sent=whole_request_sent) from exc
             raise error from exc
         except (OSError, TimeoutError, asyncio.IncompleteReadError, StreamTerminatedError,
                 _H2ProtocolError) as exc:
             error = errors.map_os_error(exc, endpoint.target)
             error.request_sent = whole_request_sent
-            raise _Failed(error, sent=sent) from exc
+            raise _Failed(error, sent=whole_request_sent) from exc
         finally:
             endpoint.in_flight -= 1
 

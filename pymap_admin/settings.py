@@ -119,6 +119,11 @@ class ConnectionSettings:
     tls: bool | None = None
     timeout: float = DEFAULT_TIMEOUT
     endpoints: tuple[EndpointAddress, ...] = ()
+    #: Every address a host name resolves to is a member (:meth:`members`).
+    all_addresses: bool = False
+    #: The name TLS checks the certificate against, when ``host`` is one of
+    #: the addresses of that name (set by :meth:`members`).
+    server_name: str | None = None
     #: Use a login token per user where the admin token would cost 0.3 s a
     #: call (pymap_admin.logintokens).
     login_tokens: bool = True
@@ -143,13 +148,58 @@ class ConnectionSettings:
         return self.uses_tcp and self.tls is not False
 
     def members(self) -> tuple[ConnectionSettings, ...]:
-        """One settings value per endpoint: this one, or one per ``endpoints``."""
-        if not self.endpoints:
-            return (self,)
+        """One settings value per endpoint: this one, or one per ``endpoints``.
+
+        With several socket endpoints and no token given, each member uses
+        the admin token pymap writes beside its socket: a member's admin
+        token is trusted by the other members only once SWIM has converged
+        (and changes at each restart), so it is used with that member only.
+        """
         from dataclasses import replace
 
-        return tuple(replace(self, host=e.host, port=e.port, path=e.path, endpoints=())
-                     for e in self.endpoints)
+        if not self.endpoints:
+            members: tuple[ConnectionSettings, ...] = (self,)
+        else:
+            own_tokens = self.token is None and self.token_file is None
+            members = tuple(
+                replace(self, host=e.host, port=e.port, path=e.path, endpoints=(),
+                        token_file=e.path.parent / TOKEN_NAME if own_tokens and e.path else
+                        self.token_file)
+                for e in self.endpoints)
+        if self.all_addresses:
+            members = tuple(address for member in members for address in member._addresses())
+        return members
+
+    def _addresses(self) -> tuple[ConnectionSettings, ...]:
+        """This TCP endpoint once per address its host name resolves to, TLS
+        checking the name; as it is if it is an address, a socket, or does
+        not resolve now (then the channel resolves it when connecting)."""
+        import ipaddress
+        import socket
+        from dataclasses import replace
+
+        if not self.uses_tcp:
+            return (self,)
+        host = self.host or "localhost"
+        try:
+            ipaddress.ip_address(host)
+            return (self,)
+        except ValueError:
+            pass
+        try:
+            found = socket.getaddrinfo(host, self.port or DEFAULT_PORT,
+                                       type=socket.SOCK_STREAM)
+        except OSError:
+            return (self,)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+        return tuple(replace(self, host=address, server_name=host, all_addresses=False)
+                     for address in addresses)
+
+    @property
+    def own_member_tokens(self) -> bool:
+        """True when each member uses its own admin token (see :meth:`members`)."""
+        return (len(self.endpoints) > 1 and self.token is None and self.token_file is None
+                and all(e.path is not None for e in self.endpoints))
 
     @property
     def target(self) -> str:
@@ -160,7 +210,8 @@ class ConnectionSettings:
             scheme = "https" if self.uses_tls else "http"
             host = self.host or "localhost"
             host = f"[{host}]" if ":" in host else host
-            return f"{scheme}://{host}:{self.port or DEFAULT_PORT}"
+            name = f" ({self.server_name})" if self.server_name else ""
+            return f"{scheme}://{host}:{self.port or DEFAULT_PORT}{name}"
         return f"unix:{self.socket_path()}"
 
     def socket_path(self) -> Path:

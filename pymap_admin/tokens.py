@@ -51,6 +51,8 @@ class TokenSource:
         self._path = path
         self._stamp: tuple[int, int, int] | None = None
         self._cached: str | None = None
+        #: How many times the token file was read (for metrics).
+        self.reads = 0
 
     @property
     def path(self) -> Path | None:
@@ -90,6 +92,7 @@ class TokenSource:
 
     def _read(self) -> str:
         assert self._path is not None
+        self.reads += 1
         try:
             token = self._path.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
@@ -301,6 +304,8 @@ class RequestTokens:
         self._lifetime = lifetime
         self._renew_after = max(lifetime - _RENEW_MARGIN, lifetime / 2)
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
+        #: How many narrowed tokens were made (for metrics).
+        self.minted = 0
 
     def for_user(self, token: str, user: str) -> str:
         """``token`` narrowed to ``user`` and a few minutes. Raises
@@ -320,6 +325,7 @@ class RequestTokens:
                                                      self._lifetime))
         except ValueError:
             return token  # not a macaroon: the server will judge it
+        self.minted += 1
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[(token, user)] = (narrowed, now + self._renew_after.total_seconds())

@@ -9,6 +9,7 @@ answered 2xx before pymap has answered SUCCESS for it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -20,7 +21,9 @@ from functools import partial
 from pymap_admin import AdminClient, AppendResult, errors
 from pymap_admin.outcomes import Outcome, Reply, delivered, outcome_for_error
 
-from .headers import trace_headers
+from .headers import message_id, trace_headers
+from .logfmt import event
+from .metrics import Stats
 from .protocol import IncomingMessage
 from .recipients import RecipientRules, Target
 
@@ -116,6 +119,9 @@ class PymapBackend:
         self._pending_lookups: dict[str, asyncio.Task[Reply | None]] = {}
         #: Admin calls under way (for the status line and metrics).
         self.in_flight = 0
+        #: What deliveries and lookups count (the daemon shares it with the server).
+        self.stats = Stats()
+        self._serial = itertools.count(1)
 
     def reconfigure(self, options: DeliveryOptions) -> None:
         """New options for calls from now on (SIGHUP). Calls under way keep
@@ -133,6 +139,13 @@ class PymapBackend:
     async def check_recipient(self, address: str) -> Reply | None:
         if not self._options.check_recipients:
             return None
+        reply = await self._check_recipient(address)
+        # hit: the user exists; miss: no such user; refused: not asked (4xx).
+        self.stats.lookups["hit" if reply is None else
+                           "miss" if str(reply).startswith("5") else "refused"] += 1
+        return reply
+
+    async def _check_recipient(self, address: str) -> Reply | None:
         user = self._options.rules.resolve(address).user
         now = time.monotonic()
         cached = self._lookups.get(user)
@@ -166,15 +179,17 @@ class PymapBackend:
                     self.in_flight -= 1
         except errors.UserNotFound as exc:
             reply: Reply | None = outcome_for_error(exc).reply
-            log.info("rcpt=<%s> user=%s refused: unknown user", address, user)
+            self.stats.pymap_reachable = True
         except errors.AdminError as exc:
             outcome = outcome_for_error(exc)
-            log.warning("rcpt=<%s> user=%s lookup failed: %s (%s)", address, user,
-                        outcome.reply, exc)
+            self._note_reachable(exc)
+            log.warning(event("rcpt lookup failed", rcpt=f"<{address}>", user=user,
+                              status=str(outcome.reply), reason=" ".join(str(exc).split())))
             # Not remembered: the next RCPT asks again.
             return outcome.reply if self._options.defer_unreachable_at_rcpt else None
         else:
             reply = None
+            self.stats.pymap_reachable = True
         self._remember(user, reply)
         return reply
 
@@ -186,19 +201,37 @@ class PymapBackend:
     # --- DATA ------------------------------------------------------------
 
     async def deliver(self, message: IncomingMessage) -> Sequence[Reply]:
+        # The message's id: in the Received: header, the 250 reply (so the
+        # MTA's status=sent line names it) and our log lines.
+        queue_id = f"{message.session_id}.{next(self._serial)}"
+        self.stats.bytes_received += len(message.data)
+        about: dict[str, object] = {"id": queue_id, "from": f"<{message.sender}>",
+                                    "msgid": message_id(message.data),
+                                    "size": len(message.data)}
         targets = [self._options.rules.resolve(rcpt) for rcpt in message.recipients]
-        outcomes = await asyncio.gather(*(self._deliver_one(message, t) for t in targets))
+        outcomes = await asyncio.gather(*(self._deliver_one(message, t, queue_id, about)
+                                          for t in targets))
         return [outcome.reply for outcome in outcomes]
 
-    async def _deliver_one(self, message: IncomingMessage, target: Target) -> Outcome:
+    def _note_reachable(self, exc: BaseException) -> None:
+        """What a failed call says about pymap: unreachable, or there."""
+        if isinstance(exc, errors.TransportError | errors.DeadlineExceeded):
+            self.stats.pymap_reachable = False
+        elif isinstance(exc, errors.AdminError):
+            self.stats.pymap_reachable = True
+
+    async def _deliver_one(self, message: IncomingMessage, target: Target, queue_id: str,
+                           about: dict[str, object]) -> Outcome:
         started = time.monotonic()
         mailbox = target.mailbox
         result: AppendResult | None = None
+        error: str | None = None
+        error_cause: BaseException | None = None
         try:
             headers = trace_headers(
                 sender=message.sender, recipient=target.address,
                 lhlo_name=message.lhlo_name, peer=message.peer,
-                hostname=self._options.hostname, session_id=message.session_id,
+                hostname=self._options.hostname, session_id=queue_id,
                 received_at=message.received_at, smtputf8=message.smtputf8,
             )
             try:
@@ -209,30 +242,38 @@ class PymapBackend:
                 # A +detail naming a folder that does not exist goes to INBOX.
                 mailbox = None
                 result = await self._append(message, target, headers, mailbox)
-            outcome = delivered(discarded=result.discarded)
-            status = str(outcome.reply)
+            outcome = delivered(discarded=result.discarded, queue_id=queue_id)
+            self.stats.pymap_reachable = True
         except errors.UserNotFound as exc:
             # A user deleted between RCPT and DATA: forget the cached "exists".
             self._lookups.pop(target.user, None)
             outcome = outcome_for_error(exc)
-            status = str(outcome.reply)
+            self.stats.pymap_reachable = True
         except Exception as exc:
             outcome = outcome_for_error(exc)
-            status = str(outcome.reply)
+            self._note_reachable(exc)
             if not isinstance(exc, errors.AdminError):
-                log.exception("session=%s rcpt=<%s> internal error", message.session_id,
-                              target.address)
-            if getattr(exc, "request_sent", False) and not outcome.permanent:
-                # pymap had the whole message and may have stored it: the
-                # MTA's retry can make a duplicate (at-least-once delivery).
-                status = f"deferred-after-send reply={outcome.reply}"
+                log.exception(event("internal error", session=message.session_id,
+                                    id=queue_id, rcpt=f"<{target.address}>"))
             # The reply says little on purpose (no local paths); the log has it all.
-            status += f" error={' '.join(str(exc).split())!r}"
-        elapsed = (time.monotonic() - started) * 1000
-        log.info("session=%s from=<%s> rcpt=<%s> user=%s mailbox=%s uid=%s "
-                 "status=%s ms=%.0f", message.session_id, message.sender, target.address,
-                 target.user, result.mailbox if result else (mailbox or "INBOX"),
-                 result.uid if result else "-", status, elapsed)
+            error, error_cause = " ".join(str(exc).split()), exc
+        elapsed = time.monotonic() - started
+        self.stats.delivered(outcome.reply.code, elapsed)
+        if outcome.delivered:
+            what = "delivered"
+        elif outcome.permanent:
+            what = "refused"
+        elif getattr(error_cause, "request_sent", False):
+            # pymap had the whole message and may have stored it: the MTA's
+            # retry can make a duplicate (at-least-once delivery).
+            what = "deferred-after-send"
+        else:
+            what = "deferred"
+        log.info(event(what, about, session=message.session_id, rcpt=f"<{target.address}>",
+                       user=target.user,
+                       mailbox=result.mailbox if result else (mailbox or "INBOX"),
+                       uid=result.uid if result else None, status=str(outcome.reply),
+                       error=error, ms=round(elapsed * 1000)))
         return outcome
 
     async def _append(self, message: IncomingMessage, target: Target, headers: bytes,

@@ -114,3 +114,17 @@ def trace_headers(
     # Without SMTPUTF8 an address is ASCII in practice, but a sloppy client may
     # still send UTF-8; keeping it as UTF-8 is what the body would carry too.
     return text.encode("utf-8")
+
+
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+
+
+def message_id(data: bytes, limit: int = 64 * 1024) -> str | None:
+    """The Message-ID of a message (for logs), from its header section only."""
+    end = data.find(b"\r\n\r\n", 0, limit)
+    header = data[:end if end >= 0 else limit]
+    match = _MESSAGE_ID.search(b"\n" + header if header.startswith(b"\r\n") else header)
+    if match is None:
+        return None
+    value = b" ".join(match.group(1).split()).decode("utf-8", "replace")
+    return value[:256] or None

@@ -28,6 +28,8 @@ from typing import Any, Final, Protocol
 
 from pymap_admin.outcomes import Reply
 
+from .logfmt import event as log_event
+from .logfmt import session_context
 from .protocol import (
     FLUSH,
     NEED_DATA,
@@ -102,6 +104,9 @@ class LMTPSession(asyncio.Protocol):
         self._last_input = loop.time()
         self._read_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
+        # The session's tasks run in a context naming it: every line they
+        # (and the backend) log says session=.
+        self._log_context = session_context(self.session_id)
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -110,7 +115,7 @@ class LMTPSession(asyncio.Protocol):
         self._transport = transport
         self.peer = _peer_text(transport.get_extra_info("peername"))
         self._conn = Connection(self.options, session_id=self.session_id, peer=self.peer)
-        log.info("session %s open peer=%s", self.session_id, self.peer)
+        log.info(log_event("session open", session=self.session_id, peer=self.peer))
         self._pump()
 
     def data_received(self, data: bytes) -> None:
@@ -158,7 +163,8 @@ class LMTPSession(asyncio.Protocol):
             # The client went away during a delivery. The delivery runs to its
             # end (what was stored stays stored; the MTA will retry the
             # rest); the session counts as closed after it.
-            log.info("session %s closed during delivery, letting it finish", self.session_id)
+            log.info(log_event("session closed during delivery, letting it finish",
+                           session=self.session_id))
             task.add_done_callback(lambda _: self._report_closed())
         else:
             self._report_closed()
@@ -201,17 +207,19 @@ class LMTPSession(asyncio.Protocol):
                 if event is NEED_DATA:
                     break
                 if isinstance(event, CheckRecipients):
-                    self._task = self.loop.create_task(self._check(event.addresses))
+                    self._task = self.loop.create_task(self._check(event.addresses),
+                                                       context=self._log_context)
                     break
                 if isinstance(event, Deliver):
                     self._delivering = True
-                    self._task = self.loop.create_task(self._deliver(event.message))
+                    self._task = self.loop.create_task(self._deliver(event.message),
+                                                       context=self._log_context)
                     break
                 assert isinstance(event, Close)
                 self._close(event)
                 return
         except Exception:
-            log.exception("session %s internal error", self.session_id)
+            log.exception(log_event("internal error", session=self.session_id))
             self._close(conn.internal_error())
             return
         self._write(conn.data_to_send())
@@ -225,7 +233,7 @@ class LMTPSession(asyncio.Protocol):
     def _close(self, event: Close) -> None:
         assert self._conn is not None
         self._closing = True
-        log.info("session %s closing: %s", self.session_id, event.reason)
+        log.info(log_event("session closing", session=self.session_id, reason=event.reason))
         self._write(self._conn.data_to_send())
         if self._transport is not None:
             self._transport.close()
@@ -272,8 +280,8 @@ class LMTPSession(asyncio.Protocol):
         self._write_timer = None
         # A 421 would not be read either: drop the connection, so that the
         # client cannot hold a slot (and a graceful stop) for ever.
-        log.info("session %s closing: write timeout, the client does not read",
-                 self.session_id)
+        log.info(log_event("session closing", session=self.session_id,
+                       reason="write timeout, the client does not read"))
         self._closing = True
         self.abort()
 
@@ -285,10 +293,15 @@ class LMTPSession(asyncio.Protocol):
         verdicts = await asyncio.gather(
             *(self.backend.check_recipient(address) for address in addresses),
             return_exceptions=True)
+        sender = self._conn.sender if self._conn is not None else None
         for address, verdict in zip(addresses, verdicts, strict=True):
             if isinstance(verdict, BaseException):
-                log.error("session %s check_recipient(%r) failed: %r", self.session_id,
-                          address, verdict)
+                log.error(log_event("rcpt check failed", session=self.session_id,
+                                rcpt=f"<{address}>", error=repr(verdict)))
+            elif verdict is not None:
+                log.info(log_event("rcpt refused", {"from": f"<{sender}>"},
+                               session=self.session_id, rcpt=f"<{address}>",
+                               status=str(verdict)))
         self._task = None
         if self._conn is not None and not self._lost:
             self._conn.recipients_checked(verdicts)
@@ -300,12 +313,13 @@ class LMTPSession(asyncio.Protocol):
         try:
             replies = await self.backend.deliver(message)
         except Exception as exc:
-            log.exception("session %s delivery failed", self.session_id)
+            log.exception(log_event("delivery failed", session=self.session_id))
             replies = exc
         else:
             if len(replies) != len(message.recipients):
-                log.error("session %s backend returned %d replies for %d recipients",
-                          self.session_id, len(replies), len(message.recipients))
+                log.error(log_event("backend returned a wrong number of replies",
+                                session=self.session_id, replies=len(replies),
+                                recipients=len(message.recipients)))
         self._task = None
         self._delivering = False
         if self._lost:
@@ -315,6 +329,6 @@ class LMTPSession(asyncio.Protocol):
         self._pump()
 
     def _report_closed(self) -> None:
-        log.info("session %s closed", self.session_id)
+        log.info(log_event("session closed", session=self.session_id))
         if self._on_closed is not None:
             self._on_closed(self)

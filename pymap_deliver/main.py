@@ -20,12 +20,15 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from pymap_admin.errors import AdminError, ConfigurationError
 from pymap_admin.outcomes import ExitStatus
 
 from .config import PROG, DaemonConfig, UsageError, build, find_config_file, load, render
+from .logfmt import event, parse, reopen_files
+from .metrics import MetricsServer, Stats
 
 if TYPE_CHECKING:
     import argparse
@@ -46,10 +49,12 @@ RESTART_ONLY = frozenset({"listen", "unix", "unix_mode", "unix_owner", "unix_gro
                           "systemd", "user", "group", "allow_root", "metrics"})
 
 
-def configure_logging(level: int, stream: TextIO) -> None:
-    from pymap_admin.logs import configure_logging as configure_admin_logging
+def configure_logging(level: int, stream: TextIO, *, target: str = "stderr",
+                      log_file: Path | None = None) -> None:
+    """logfmt lines to ``target`` (see :mod:`pymap_deliver.logfmt`)."""
+    from .logfmt import configure
 
-    configure_admin_logging(level, stream)
+    configure(level, target=target, stream=stream, log_file=log_file)
 
 
 class Daemon:
@@ -62,8 +67,8 @@ class Daemon:
         self.backend: PymapBackend | None = None
         self.server: DeliveryServer | None = None
         self.settings: ConnectionSettings | None = None
-        #: None until the start-up probe has answered.
-        self.reachable: bool | None = None
+        self.stats = Stats()
+        self.metrics: MetricsServer | None = None
 
     # --- start-up -----------------------------------------------------------
 
@@ -75,8 +80,8 @@ class Daemon:
         if user is not None:
             identity = resolve_identity(user, self.config["group"])
             drop_privileges(identity)
-            log.info("running as user=%s uid=%d gid=%d", identity.user, identity.uid,
-                     identity.gid)
+            log.info(event("privileges dropped",
+                user=identity.user, uid=identity.uid, gid=identity.gid))
         refuse_root(self.config["allow_root"])
 
     async def probe(self) -> bool:
@@ -85,17 +90,17 @@ class Daemon:
         try:
             serving = await self.client.check(timeout=min(self.settings.timeout, 10.0))
         except AdminError as exc:
-            self.reachable = False
-            log.warning("pymap unreachable at %s: %s; deferring mail with 451 until it "
-                        "answers", self.settings.target, " ".join(str(exc).split()) or
-                        type(exc).__name__)
+            self.stats.pymap_reachable = False
+            log.warning(event("pymap unreachable: deferring mail with 451 until it answers",
+                        pymap=self.settings.target,
+                                     reason=" ".join(str(exc).split()) or type(exc).__name__))
             return False
-        self.reachable = serving
+        self.stats.pymap_reachable = serving
         if serving:
-            log.info("pymap reachable at %s: serving", self.settings.target)
+            log.info(event("pymap reachable", pymap=self.settings.target))
         else:
-            log.warning("pymap at %s answers but is not serving; deferring mail with 451",
-                        self.settings.target)
+            log.warning(event("pymap not serving: deferring mail with 451",
+                        pymap=self.settings.target))
         return serving
 
     async def run(self) -> int:
@@ -115,8 +120,22 @@ class Daemon:
                     "no admin token: set PYMAP_ADMIN_TOKEN or token_file in [pymap] "
                     "(pymap writes one to $TMPDIR/pymap/pymap-admin.token)")
             self.backend = PymapBackend(client, config.delivery)
-            self.server = server = DeliveryServer(self.backend, config.server)
-            await server.start(after_bind=self._after_bind)
+            self.backend.stats = self.stats
+            self.server = server = DeliveryServer(self.backend, config.server, stats=self.stats)
+            if config["metrics"] is not None:
+                self.metrics = MetricsServer.for_daemon(
+                    config["metrics"], self.stats, sessions=lambda: server.session_count,
+                    in_flight=lambda: self.backend.in_flight if self.backend else 0,
+                    token_reads=lambda: client.tokens.reads,
+                    token_mints=lambda: client.tokens_minted,
+                    serving=lambda: not server.stopping, pool=client.pool)
+                await self.metrics.start()
+            try:
+                await server.start(after_bind=self._after_bind)
+            except BaseException:
+                if self.metrics is not None:
+                    self.metrics.close()
+                raise
             try:
                 # Read as the serving user: it must be able to re-read it later.
                 client.tokens.current()
@@ -127,9 +146,11 @@ class Daemon:
             self._install_signal_handlers()
             await self.probe()
             notify("READY=1", f"STATUS=serving, pymap "
-                   f"{'reachable' if self.reachable else 'unreachable'}",
+                   f"{'reachable' if self.stats.pymap_reachable else 'unreachable'}",
                    f"MAINPID={os.getpid()}")
             await server.wait_closed()
+            if self.metrics is not None:
+                self.metrics.close()
             notify("STOPPING=1")
         return ExitStatus.OK
 
@@ -145,25 +166,32 @@ class Daemon:
     def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
         from .notify import notify
 
-        log.info("received %s, stopping", signum.name)
+        log.info(event("stopping", signal=signum.name))
         notify("STOPPING=1")
         if self.server is not None:
             self.server.stop()
 
-    def status_line(self) -> str:
-        sessions = self.server.session_count if self.server is not None else 0
-        in_flight = self.backend.in_flight if self.backend is not None else 0
-        reachable = {None: "unknown", True: "yes", False: "no"}[self.reachable]
-        return f"status sessions={sessions} in_flight={in_flight} pymap_reachable={reachable}"
+    def status(self) -> dict[str, object]:
+        reachable = {None: "unknown", True: "yes", False: "no"}[self.stats.pymap_reachable]
+        values: dict[str, object] = {
+            "sessions": self.server.session_count if self.server is not None else 0,
+            "in_flight": self.backend.in_flight if self.backend is not None else 0,
+            "pymap_reachable": reachable,
+            "delivered": self.stats.deliveries["2xx"],
+            "deferred": self.stats.deliveries["4xx"],
+            "refused": self.stats.deliveries["5xx"]}
+        if self.client is not None and not self.client.pool.single:
+            values.update(parse(self.client.pool.status()))
+        return values
 
     def log_status(self) -> None:
-        log.info("%s", self.status_line())
+        log.info(event("status", self.status()))
 
     def reload(self) -> None:
         """SIGHUP: the config file and the token again; sessions stay."""
         from .notify import notify
 
-        log.info("received SIGHUP, reloading")
+        log.info(event("reloading", signal="SIGHUP"))
         notify("RELOADING=1")
         try:
             self._reload()
@@ -178,15 +206,17 @@ class Daemon:
             new = build(self.ns, find_config_file(self.ns.config, os.environ))
             settings = load_settings(new.connection, config_file=new.admin_config)
         except ConfigurationError as exc:
-            log.error("reload failed, keeping the old configuration: %s", exc)
+            log.error(event("reload failed: keeping the old configuration",
+                      reason=str(exc)))
             return
         changed = sorted(name for name in new.values if new[name] != old[name])
         ignored = [name for name in changed if name in RESTART_ONLY]
         if ignored:
-            log.warning("reload: %s changed; that takes a restart", ", ".join(ignored))
+            log.warning(event("reload: not applied, that takes a restart",
+                        options=",".join(ignored)))
         level = getattr(logging, new["log_level"])
         logging.getLogger().setLevel(level)
-        _reopen_log_files()
+        reopen_files()
         assert self.server is not None and self.backend is not None
         # Listeners stay as they are; the rest applies to new sessions and calls.
         self.server.reconfigure(dataclasses.replace(
@@ -194,27 +224,20 @@ class Daemon:
             use_systemd_sockets=old.server.use_systemd_sockets))
         self.backend.reconfigure(new.delivery)
         if settings != self.settings:
-            log.warning("reload: the connection to pymap changed; that takes a restart")
+            log.warning(event("reload: not applied, that takes a restart",
+                        options="pymap connection"))
         assert self.client is not None
         try:
             renewed = self.client.tokens.reload()
         except ConfigurationError as exc:
-            log.error("reload: token not re-read, keeping the old one: %s", exc)
+            log.error(event("reload: token not re-read, keeping the old one",
+                      reason=str(exc)))
             renewed = False
         self.config = dataclasses.replace(new, values={
             **new.values, **{name: old[name] for name in ignored}})
-        log.info("reloaded configuration%s: changed=%s token=%s",
-                 f" from {new.config_file}" if new.config_file else "",
-                 ",".join(changed) or "none", "renewed" if renewed else "unchanged")
-
-
-def _reopen_log_files() -> None:
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            reopened = open(handler.baseFilename, "a", encoding=handler.encoding)  # noqa: SIM115
-            old = handler.setStream(reopened)
-            if old is not None:
-                old.close()
+        log.info(event("reloaded",
+            config_file=new.config_file, changed=",".join(changed) or "none",
+            token="renewed" if renewed else "unchanged"))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DaemonConfig:
@@ -256,7 +279,12 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         print(f"{PROG}: configuration valid ({where})", file=out)
         return ExitStatus.OK
     level = logging.DEBUG if ns.debug else getattr(logging, config["log_level"])
-    configure_logging(level, err)
+    try:
+        configure_logging(level, err, target=config["log_target"], log_file=config["log_file"])
+    except OSError as exc:
+        print(f"{PROG}: cannot log to {exc.filename or config['log_target']}: "
+              f"{exc.strerror or exc}", file=err)
+        return ExitStatus.CONFIG
     try:
         return asyncio.run(Daemon(ns, config).run())
     except ConfigurationError as exc:

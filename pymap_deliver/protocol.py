@@ -263,6 +263,11 @@ class Connection:
     def closed(self) -> bool:
         return self._phase is _Phase.CLOSED
 
+    @property
+    def sender(self) -> str | None:
+        """The current transaction's reverse-path ("" for <>), for logs."""
+        return self._mail.sender if self._mail is not None else None
+
     def next_event(self) -> Event:
         """Process buffered input up to the next thing the caller must do."""
         while True:

@@ -27,6 +27,8 @@ from typing import Self
 from pymap_admin.outcomes import Replies
 
 from .lmtp import DeliveryBackend, LMTPOptions, LMTPSession
+from .logfmt import event
+from .metrics import Stats
 
 __all__ = [
     "DeliveryServer",
@@ -205,9 +207,12 @@ class DeliveryServer:
     """The LMTP server: ``await start()``, then ``stop()`` and
     ``await wait_closed()``; or use it as an async context manager."""
 
-    def __init__(self, backend: DeliveryBackend, config: ServerConfig) -> None:
+    def __init__(self, backend: DeliveryBackend, config: ServerConfig, *,
+                 stats: Stats | None = None) -> None:
         self.backend = backend
         self.config = config
+        #: What the server counts (sessions accepted and refused).
+        self.stats = stats if stats is not None else Stats()
         self._options = config.lmtp_options()
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[tuple[str, tuple[int, int]]] = []
@@ -224,6 +229,10 @@ class DeliveryServer:
         self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
     def session_count(self) -> int:
         return len(self._sessions)
 
@@ -234,8 +243,12 @@ class DeliveryServer:
 
     def _protocol(self) -> asyncio.BaseProtocol:
         if len(self._sessions) >= self.config.max_connections or self._stopping:
-            log.warning("connection refused: %d sessions open", len(self._sessions))
+            self.stats.sessions_refused += 1
+            log.warning(event("connection refused", {
+                "reason": "stopping" if self._stopping else "too many sessions",
+                "sessions": len(self._sessions)}))
             return _Refuser(self._refusal)
+        self.stats.sessions_opened += 1
         session = LMTPSession(
             self.backend,
             self._options,
@@ -294,7 +307,9 @@ class DeliveryServer:
             self._close_listeners()
             raise
         for sock in self.sockets:
-            log.info("listening on %s", sock.getsockname() or "unnamed socket")
+            name = sock.getsockname()
+            address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else name
+            log.info(event("listening", {"address": address or "unnamed socket"}))
 
     def _close_listeners(self) -> None:
         for server in self._servers:
@@ -312,7 +327,7 @@ class DeliveryServer:
         if self._stopping:
             return
         self._stopping = True
-        log.info("stopping: %d sessions open", len(self._sessions))
+        log.info(event("stopping listeners", {"sessions": len(self._sessions)}))
         self._close_listeners()
         for session in list(self._sessions):
             session.shutdown()
@@ -324,7 +339,8 @@ class DeliveryServer:
 
     def _abort_all(self) -> None:
         if self._sessions:
-            log.warning("shutdown timeout: aborting %d sessions", len(self._sessions))
+            log.warning(event(f"shutdown timeout: aborting {len(self._sessions)} sessions",
+                              sessions=len(self._sessions)))
         for session in list(self._sessions):
             session.abort()
         # A session whose delivery still waits for the backend reports itself

@@ -19,11 +19,21 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from devstack.cluster import PymapCluster
-from devstack.localpymap import PymapServer
-from pymap_admin import AdminClient, AdminError, ConnectionSettings, UserNotFound
-from pymap_admin.settings import EndpointAddress
+from devstack.localpymap import PymapServer, TLSFiles, free_port
+from pymap_admin import (
+    AdminClient,
+    AdminError,
+    ConnectionSettings,
+    InvalidAuth,
+    TLSError,
+    UserNotFound,
+)
+from pymap_admin.settings import EndpointAddress, load_settings
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
@@ -272,6 +282,72 @@ async def test_all_members_down_then_one_returns(pymap_cluster: PymapCluster) ->
     assert client.pool.stats.ambiguous == 0
 
 
+def own_token_settings(cluster: PymapCluster, **options: object) -> ConnectionSettings:
+    """Every member's socket and no token: each member is called with the
+    admin token pymap wrote beside its socket."""
+    return ConnectionSettings(
+        endpoints=tuple(EndpointAddress(path=p) for p in cluster.socket_paths()),
+        timeout=10.0, **options)  # type: ignore[arg-type]
+
+
+async def test_each_member_is_called_with_its_own_admin_token(
+        pymap_cluster: PymapCluster) -> None:
+    await prepare(pymap_cluster)
+    first, second = pymap_cluster.members
+    # Not converged yet: member 1 refuses member 0's admin token.
+    crossed = ConnectionSettings(path=second.socket_path, token=first.token(), timeout=10.0)
+    async with AdminClient(crossed, login_tokens=False) as client:
+        with pytest.raises(InvalidAuth):
+            await client.get_user(USER)
+    async with AdminClient(own_token_settings(pymap_cluster), login_tokens=False) as client:
+        infos = await asyncio.gather(*(client.get_user(USER) for _ in range(8)))
+        assert {info.user for info in infos} == {USER}
+        # Spread over both members, each with its own token.
+        assert [e.operations["GetUser"] for e in client.pool.endpoints] == [4, 4]
+
+
+async def test_a_login_token_rotated_mid_load_costs_one_mint(
+        pymap_cluster: PymapCluster) -> None:
+    """pymap-deliver in front of both members with their own admin tokens:
+    per-user login tokens (minted through any member, valid on all) carry
+    the load; a SetUser of the recipient rotates its key in Redis mid-load."""
+    await prepare(pymap_cluster)
+    first = pymap_cluster.members[0]
+    load = Load()
+    async with delivery_agent(own_token_settings(pymap_cluster)) as (agent, client):
+        stats = client.fast_path
+        assert stats is not None
+        warm = tags(10)
+        await load.run(agent, warm, sessions=2)
+        deadline = time.monotonic() + 10
+        while stats.mints < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert stats.mints == 1
+
+        async def rotate_when_under_way() -> None:
+            while len(load.acknowledged()) < 60:
+                await asyncio.sleep(0.005)
+            settings = ConnectionSettings(path=first.socket_path,
+                                          token_file=first.token_path, timeout=10.0)
+            async with AdminClient(settings, login_tokens=False) as admin:
+                await admin.set_user(USER, password=PASSWORD)
+
+        rotation = asyncio.create_task(rotate_when_under_way())
+        main = tags(200)
+        await load.run(agent, main, sessions=10)
+        await rotation
+        fast_after = stats.fast_calls
+        await load.run(agent, tags(10), sessions=2)
+    print(f"\nrotation: {dict(load.codes())}, fast calls {stats.fast_calls}, admin calls "
+          f"{stats.admin_calls}, refused {stats.refused}, mints {stats.mints}")
+    # Nothing refused to the MTA, and one new token after the rotation.
+    assert load.codes() == Counter({250: len(load.replies)})
+    assert stats.refused >= 1 and stats.mints == 2
+    assert stats.fast_calls > fast_after  # the new token carries the load again
+    stored = stored_tags(pymap_cluster.members[1])
+    assert all(stored[t] == 1 for t in load.replies)
+
+
 def test_cluster_members_have_their_own_state(tmp_path: Path) -> None:
     """The harness keeps each member's files apart and names every peer."""
     cluster = PymapCluster(workdir=tmp_path / "c", size=3)
@@ -302,3 +378,58 @@ async def test_members_form_one_swim_cluster(pymap_cluster: PymapCluster) -> Non
                 assert time.monotonic() - started < 120, "SWIM did not converge in 120 s"
                 await asyncio.sleep(1)
     print(f"\nSWIM converged after {time.monotonic() - started:.1f} s")
+
+
+async def test_one_name_with_two_addresses_is_two_members(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--host NAME --all-addresses``: each address of the name is a member,
+    and TLS checks the certificate against the name, not the address. The
+    members' admin ports listen on 127.0.0.1 and 127.0.0.2 (same port) with
+    a certificate for ``pymap.test`` only; the name's two addresses come
+    from a stand-in resolver, the only part that is not real."""
+    import socket
+
+    import trustme
+
+    from .conftest import require_cluster
+
+    require_cluster()
+    ca = trustme.CA()
+    issued = ca.issue_cert("pymap.test")
+    files = TLSFiles(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem", ca=tmp_path / "ca.pem")
+    issued.private_key_pem.write_to_path(str(files.key))
+    issued.cert_chain_pems[0].write_to_path(str(files.cert))
+    ca.cert_pem.write_to_path(str(files.ca))
+    cluster = PymapCluster(workdir=tmp_path / "cluster", size=2)
+    port = free_port()
+    for index, member in enumerate(cluster.members):
+        member.tls, member.admin_host, member.admin_port = files, f"127.0.0.{index + 1}", port
+    cluster.start()
+    try:
+        token = await prepare(cluster)
+        resolve = socket.getaddrinfo
+
+        def two_addresses(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if host == "pymap.test":
+                return [*resolve("127.0.0.1", *args, **kwargs),
+                        *resolve("127.0.0.2", *args, **kwargs)]
+            return resolve(host, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+        settings = load_settings({"host": "pymap.test", "port": port, "all_addresses": True,
+                                  "cafile": files.ca, "timeout": 10.0},
+                                 environ={"PYMAP_ADMIN_TOKEN": token})
+        assert [m.target for m in settings.members()] == [
+            f"https://127.0.0.1:{port} (pymap.test)", f"https://127.0.0.2:{port} (pymap.test)"]
+        async with AdminClient(settings) as client:
+            infos = await asyncio.gather(*(client.get_user(USER) for _ in range(4)))
+            assert {info.user for info in infos} == {USER}
+            assert [e.operations["GetUser"] for e in client.pool.endpoints] == [2, 2]
+        # Without the name, the certificate does not match the address.
+        plain = ConnectionSettings(host="127.0.0.1", port=port, cafile=files.ca, token=token,
+                                   timeout=10.0)
+        async with AdminClient(plain) as client:
+            with pytest.raises(TLSError):
+                await client.get_user(USER)
+    finally:
+        cluster.cleanup()

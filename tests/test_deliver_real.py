@@ -83,7 +83,10 @@ async def test_multi_recipient_each_gets_its_own_copy(pymap: PymapServer) -> Non
     assert [r.code for r in rcpt] == [250, 550, 550, 250]
     assert rcpt[1].lines[0].startswith("5.1.1")
     # Only the local part keeps its case: OTHER@EXAMPLE.COM is another user.
-    assert [str(r) for r in replies] == ["250 2.0.0 Message delivered"] * 2
+    # The reply names the message's id (session.serial), as Received: does.
+    ids = [re.fullmatch(r"250 2\.0\.0 Message delivered ([0-9a-f]+\.\d+)", str(r))
+           for r in replies]
+    assert all(ids), replies
     inbox = find(pymap.fetch_all(), tag)
     assert len(inbox) == 2  # a duplicate RCPT is its own delivery
     for stored in inbox:
@@ -248,8 +251,9 @@ def test_pymap_deliver_command_serves_and_stops_on_sigterm(pymap: PymapServer,
             process.kill()
             process.wait()
     text = log.read_text()
-    assert re.search(rf"rcpt=<{DEMO_USER}> user={DEMO_USER} mailbox=INBOX uid=\d+ "
-                     r"status=250 2\.0\.0 Message delivered ms=\d+", text), text
+    assert re.search(rf"msg=delivered id=(\w+\.\d+) from=<s@example.com> msgid=\S+ "
+                     rf"size=\d+ rcpt=<{DEMO_USER}> user={DEMO_USER} mailbox=INBOX uid=\d+ "
+                     r'status="250 2\.0\.0 Message delivered \1" ms=\d+', text), text
     assert len(find(pymap.fetch_all(), tag)) == 2
     assert not (tmp_path / "lmtp.sock").exists()
 

@@ -63,3 +63,20 @@ def test_the_config_file_and_the_environment_list_endpoints(tmp_path: Path) -> N
 def test_bad_endpoints_name_the_problem(host: str) -> None:
     with pytest.raises(ConfigurationError, match=r"host|port"):
         load_settings({"host": f"ok:1,{host}"}, environ={})
+
+
+def test_the_daemon_config_file_lists_endpoints(tmp_path: Path) -> None:
+    from pymap_deliver.config import load
+
+    config = tmp_path / "pymap-deliver.conf"
+    config.write_text("[listen]\nlisten = 127.0.0.1:2424\n[pymap]\n"
+                      "path =\n    /run/pymap/0/pymap/pymap-admin.sock\n"
+                      "    /run/pymap/1/pymap/pymap-admin.sock\n")
+    _, daemon = load(["-c", str(config)], environ={})
+    settings = load_settings(daemon.connection, config_file=daemon.admin_config, environ={})
+    assert [e.path for e in settings.endpoints] == [Path("/run/pymap/0/pymap/pymap-admin.sock"),
+                                                    Path("/run/pymap/1/pymap/pymap-admin.sock")]
+    # No token given: each member's own, beside its socket.
+    assert settings.own_member_tokens
+    assert [m.token_file for m in settings.members()] == [
+        Path("/run/pymap/0/pymap/pymap-admin.token"), Path("/run/pymap/1/pymap/pymap-admin.token")]

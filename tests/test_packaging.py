@@ -281,9 +281,14 @@ def _analyze() -> str:
     return require_tool("systemd-analyze", "/usr/bin/systemd-analyze")
 
 
-def test_units_verify(installed: Installed) -> None:
+def test_units_verify(installed: Installed, tmp_path: Path) -> None:
     analyze = _analyze()
-    units = installed.root / "etc/systemd/system"
+    # With the pipe token drop-in enabled, as an operator would.
+    units = tmp_path / "system"
+    shutil.copytree(installed.root / "etc/systemd/system", units)
+    (units / "pymap.service.d").mkdir()
+    shutil.copy(installed.root / "usr/local/share/doc/pymap-deliver/systemd/"
+                "pymap-admin-token.conf", units / "pymap.service.d")
     # verify checks that ExecStart= exists and that man: documentation is there.
     done = _run([analyze, "verify", "--man=yes", units / "pymap.service",
                  units / "pymap-deliver.service", units / "pymap-deliver.socket"],
@@ -425,6 +430,8 @@ def test_container_command_in_the_shared_environment(installed: Installed) -> No
     tmpdir = tmp_path / "run"
     tmpdir.mkdir()
     shutil.chown(tmpdir, "nobody")
+    command = tmp_path / "pymap-with-deliver"
+    shutil.copy(REPO / "contrib" / "docker" / "pymap-with-deliver", command)
     ports = {name: free_port() for name in ("IMAP_PORT", "SIEVE_PORT", "ADMIN_PORT",
                                             "LMTP_PORT")}
     env = {"PATH": f"{installed.bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmpdir),
@@ -433,7 +440,7 @@ def test_container_command_in_the_shared_environment(installed: Installed) -> No
     with log.open("wb") as out:
         process = subprocess.Popen(
             [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-             str(REPO / "contrib" / "docker" / "pymap-with-deliver")],
+             str(command)],
             env=env, stdout=out, stderr=out)
     try:
         _wait_for_port(ports["LMTP_PORT"], process)
@@ -487,3 +494,31 @@ def test_build_requires_the_runtime_dependencies() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert set(pyproject["project"]["dependencies"]) <= set(
         pyproject["build-system"]["requires"])
+
+
+def test_token_drop_in_copies_this_runs_token(tmp_path: Path) -> None:
+    """The drop-in's ExecStartPost command, run with the test's paths: it
+    waits for the token pymap writes after start, then installs it for the
+    pipe user, mode 0600."""
+    import pwd
+    import threading
+
+    require(os.geteuid() == 0, "installs a file for another user: needs root")
+    text = (REPO / "contrib/systemd/pymap-admin-token.conf").read_text()
+    match = re.search(r"^ExecStartPost=-\+/bin/sh -c '(.*)'$", text, re.M)
+    assert match is not None, "the drop-in runs privileged (+) and may fail (-)"
+    token, copy = tmp_path / "run/pymap/tmp/pymap/pymap-admin.token", tmp_path / "deliver.token"
+    script = (match.group(1)
+              .replace("/run/pymap/tmp/pymap/pymap-admin.token", str(token))
+              .replace("/etc/pymap/deliver.token", str(copy))
+              .replace("-o pymap-deliver", "-o nobody"))
+
+    def pymap_starts() -> None:
+        token.parent.mkdir(parents=True)
+        token.write_text("this-run")
+
+    threading.Timer(0.5, pymap_starts).start()
+    _check(["/bin/sh", "-c", script], timeout=60)
+    assert copy.read_text() == "this-run"
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert pwd.getpwuid(copy.stat().st_uid).pw_name == "nobody"

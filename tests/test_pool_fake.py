@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.server import Server
 
@@ -66,11 +67,31 @@ class DropAfterRequest:
 
 
 class HealthyFake(RunningFake):
-    """A FakeAdmin that also serves the standard health service, like pymap."""
+    """A FakeAdmin that also serves the standard health service, like pymap
+    (whose backend's status is its overall health): ``status.set(False)``
+    makes it answer NOT_SERVING."""
 
     def __init__(self, fake: FakeAdmin, path: Path) -> None:
         super().__init__(fake, path)
-        self._server = Server([fake, Health()])
+        self.status = ServiceStatus()
+        self.status.set(True)
+        # Checked under one of the fake's services; "" (what the pool asks)
+        # is the overall status of all of them.
+        self._server = Server([fake, Health({_ServiceOf(fake): [self.status]})])
+
+    async def __aenter__(self) -> HealthyFake:
+        await super().__aenter__()
+        return self
+
+
+class _ServiceOf:
+    """A hashable stand-in for the fake (a dataclass) as a health check key."""
+
+    def __init__(self, fake: FakeAdmin) -> None:
+        self._fake = fake
+
+    def __mapping__(self) -> dict[str, Any]:
+        return self._fake.__mapping__()
 
 
 def pool_settings(tmp_path: Path, *paths: Path, **kw: Any) -> ConnectionSettings:
@@ -120,6 +141,22 @@ async def test_a_call_lost_after_sending_is_retried_once_elsewhere_and_logged(
     assert "action=retried" in lines[0]
 
 
+async def test_a_connection_lost_while_sending_is_not_ambiguous(tmp_path: Path) -> None:
+    """A message larger than HTTP/2's first flow-control window (64 KiB):
+    the dropping server never opens the window, so the client is still
+    sending when the connection goes. pymap cannot have stored it."""
+    fake = FakeAdmin()
+    big = BODY + b"x" * 300_000
+    async with DropAfterRequest(tmp_path / "a.sock") as dropper, \
+            HealthyFake(fake, tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
+                        ) as client:
+        assert (await client.append("alice", big)).uid == 1
+        assert dropper.requests == 1 and appends(fake) == 1
+        stats = client.pool.stats
+        assert (stats.failovers, stats.ambiguous) == (1, 0)
+
+
 async def test_a_second_lost_call_is_a_temporary_failure(tmp_path: Path) -> None:
     async with DropAfterRequest(tmp_path / "a.sock") as a, \
             DropAfterRequest(tmp_path / "b.sock") as b, \
@@ -133,6 +170,8 @@ async def test_a_second_lost_call_is_a_temporary_failure(tmp_path: Path) -> None
         assert (reply.code, reply.enhanced) == (451, "4.4.1")
         stats = client.pool.stats
         assert (stats.ambiguous, stats.ambiguous_retried) == (2, 1)
+        assert client.pool.status() == ("members_up=0/2 failovers=0 ambiguous=2 "
+                                        "ambiguous_retried=1 no_healthy=0")
 
 
 async def test_a_changing_call_is_not_repeated_after_a_lost_connection(tmp_path: Path) -> None:
@@ -191,3 +230,55 @@ async def test_one_endpoint_is_used_as_before(tmp_path: Path) -> None:
             with pytest.raises(ServerUnreachable, match="cannot connect"):
                 await client.append("alice", BODY)
         assert all(e.watcher is None for e in client.pool.endpoints)
+
+
+async def test_a_member_not_serving_is_taken_out_and_comes_back(tmp_path: Path) -> None:
+    fakes = [FakeAdmin(), FakeAdmin()]
+    async with HealthyFake(fakes[0], tmp_path / "a.sock") as first, \
+            HealthyFake(fakes[1], tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock"),
+                        health_interval=0.1) as client:
+        await client.append("alice", BODY)  # starts the health checks
+        first.status.set(False)  # e.g. its Redis went away
+        deadline = time.monotonic() + 15
+        while client.pool.endpoints[0].healthy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert not client.pool.endpoints[0].healthy
+        before = appends(fakes[0])
+        await asyncio.gather(*(client.append("alice", BODY) for _ in range(6)))
+        assert appends(fakes[0]) == before and appends(fakes[1]) >= 6
+
+        first.status.set(True)
+        while not client.pool.endpoints[0].healthy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert client.pool.endpoints[0].healthy
+        await asyncio.gather(*(client.append("alice", BODY) for _ in range(6)))
+        assert appends(fakes[0]) > before
+
+
+async def test_the_pool_shows_in_the_daemons_metrics(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from pymap_deliver.metrics import MetricsServer, Stats
+    from pymap_deliver.server import TcpEndpoint
+
+    from .test_daemon_ops import samples
+
+    fake = FakeAdmin()
+    async with DropAfterRequest(tmp_path / "a.sock"), \
+            HealthyFake(fake, tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
+                        ) as client:
+        await client.append("alice", BODY)  # cut off on a, retried on b
+        metrics = MetricsServer.for_daemon(
+            TcpEndpoint(port=0), Stats(), sessions=lambda: 0, in_flight=lambda: 0,
+            token_reads=lambda: 0, token_mints=lambda: 0, serving=lambda: True,
+            pool=client.pool)
+        found = samples(generate_latest(metrics.registry).decode())
+    a, b = (f"unix:{tmp_path / name}" for name in ("a.sock", "b.sock"))
+    assert found[("pymap_deliver_member_up", (("member", a),))] == 0
+    assert found[("pymap_deliver_member_up", (("member", b),))] == 1
+    assert found[("pymap_deliver_member_calls_total", (("member", b),))] == 1
+    assert found[("pymap_deliver_calls_ambiguous_total", (("action", "retried"),))] == 1
+    assert found[("pymap_deliver_calls_ambiguous_total", (("action", "deferred"),))] == 0
+    assert found[("pymap_deliver_member_failovers_total", ())] == 0
