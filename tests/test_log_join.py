@@ -28,7 +28,7 @@ SENT = re.compile(r"to=<([^>]+)>.*status=sent \(250 2\.0\.0 Message delivered (\
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
 def test_every_postfix_sent_line_joins_one_pymap_deliver_line(
-        kind: str, e2e_pymap: PymapServer, workdir: Path) -> None:
+        kind: str, e2e_pymap: PymapServer, workdir: Path) -> None:  # noqa: F811
     port = free_port()
     postfix = lmtp_postfix(kind, port)
     agent = start_agent(e2e_pymap, postfix, workdir, port)
