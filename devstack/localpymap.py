@@ -62,6 +62,8 @@ class PymapServer:
     environment: Mapping[str, str] = field(default_factory=dict)
     tls: TLSFiles | None = None
     debug: bool = False
+    #: The admin service's TCP interface (a loopback address).
+    admin_host: str = "127.0.0.1"
     imap_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     sieve_port: int = field(default_factory=free_port)
@@ -96,7 +98,7 @@ class PymapServer:
         if self.debug:
             args.append("--debug")
         args += ["--host", "127.0.0.1", "--port", str(self.imap_port),
-                 "--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port),
+                 "--admin-host", self.admin_host, "--admin-port", str(self.admin_port),
                  "--sieve-host", "127.0.0.1", "--sieve-port", str(self.sieve_port)]
         if self.tls is not None:
             args += ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]

@@ -109,9 +109,15 @@ def make_channel(settings: ConnectionSettings) -> Channel:
 
     details = StatusDetailsCodec()
     if settings.uses_tcp:
+        config = None
+        if settings.server_name is not None and settings.uses_tls:
+            from grpclib.config import Configuration
+
+            # Connecting to one address of a name: the certificate is the name's.
+            config = Configuration(ssl_target_name_override=settings.server_name)
         return Channel(host=settings.host or "localhost", port=settings.port or DEFAULT_PORT,
                        ssl=settings.ssl_context() if settings.uses_tls else None,
-                       codec=Codec(), status_details_codec=details)
+                       codec=Codec(), status_details_codec=details, config=config)
     return Channel(path=str(settings.socket_path()), codec=Codec(),
                    status_details_codec=details)
 

@@ -172,6 +172,9 @@ CONNECTION_OPTIONS: tuple[Option, ...] = (
     Option("tls", parse_bool, "plain TCP, for a service behind a TLS proxy "
            "(pymap's own admin port always speaks TLS)", flag="--no-tls",
            env="PYMAP_ADMIN_TLS", switch=True, negated=True, section="tls options"),
+    Option("all_addresses", parse_bool, "treat every address the --host name resolves to "
+           "as one member of a pymap cluster (TLS still checks the name)",
+           flag="--all-addresses", env="PYMAP_ADMIN_ALL_ADDRESSES", switch=True),
     Option("timeout", positive, "deadline of each call to the server (default: 60)",
            flag="--timeout", env="PYMAP_ADMIN_TIMEOUT", metavar="SECONDS"),
     Option("login_tokens", parse_bool, "deliver with the admin token only, not with a "

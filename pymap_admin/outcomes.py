@@ -69,6 +69,14 @@ _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
+def _capped(line: bytes) -> bytes:
+    """A reply line without its CRLF, cut to fit 512 octets with it, on a
+    character boundary (a client must get valid UTF-8)."""
+    if len(line) <= MAX_REPLY_LINE - 2:
+        return line
+    return line[:MAX_REPLY_LINE - 2].decode("utf-8", "ignore").encode("utf-8")
+
+
 def _one_line(text: str) -> str:
     # The text goes into a single reply line: never let a server's reason
     # (or anything else) smuggle a line break or a control into the protocol.
@@ -124,11 +132,7 @@ class Reply:
         for index, text in enumerate(lines):
             separator = " " if index == last else "-"
             prefix = f"{self.code}{separator}{self.enhanced + ' ' if self.enhanced else ''}"
-            line = (prefix + text).encode("utf-8")
-            if len(line) > MAX_REPLY_LINE - 2:
-                # Cut on a character boundary: a client must get valid UTF-8.
-                line = line[:MAX_REPLY_LINE - 2].decode("utf-8", "ignore").encode("utf-8")
-            out.append(line + b"\r\n")
+            out.append(_capped((prefix + text).encode("utf-8")) + b"\r\n")
         return b"".join(out)
 
 
@@ -212,8 +216,10 @@ class Outcome:
 
     @property
     def status_text(self) -> str:
-        """``2.0.0 Message delivered``: the enhanced code and text."""
-        return f"{self.reply.enhanced} {self.reply.text}"
+        """``2.0.0 Message delivered``: the enhanced code and text, capped
+        like a reply line (pipe(8) puts it into the DSN)."""
+        text = f"{self.reply.enhanced} {self.reply.text}"
+        return _capped(text.encode("utf-8")).decode("utf-8")
 
     @property
     def delivered(self) -> bool:

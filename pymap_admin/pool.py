@@ -11,9 +11,10 @@ errors as a plain channel. With several:
   service every ``health_interval`` seconds, and at once after a connection
   error. A failed endpoint is taken out and re-probed with exponential
   backoff until its check answers SERVING again.
-* **Failover before the request was sent.** A call that fails before its
-  request went out (refused, no socket, TLS, a connect that timed out) has
-  done nothing on the server: it is tried at once on another endpoint.
+* **Failover before the request was sent.** A call that fails before all
+  of its request went out (refused, no socket, TLS, a connect that timed
+  out, a connection lost while the message was still being sent) has done
+  nothing on the server: it is tried at once on another endpoint.
 * **Ambiguous calls.** A call that fails after its request was sent
   (connection lost, deadline passed) may have been carried out: pymap
   stores an Append atomically but can die between storing and answering.
@@ -247,16 +248,16 @@ class EndpointPool:
         :class:`_Failed`, telling whether the request had been sent."""
         if callable(metadata):
             metadata = metadata(endpoint)
-        sent = False
         whole_request_sent = False
         endpoint.in_flight += 1
         endpoint.calls += 1
         try:
             async with method(endpoint).open(timeout=timeout, metadata=metadata) as stream:
-                # Headers alone make pymap do nothing; once the message is
-                # on its way, the server may act on it.
-                await stream.send_request()
-                sent = True
+                # pymap acts on a request only once it has all of it: the
+                # last DATA frame carries END_STREAM, and grpclib writes it
+                # with no wait after it (a failure inside send_message comes
+                # from a wait before it: for the connection or the flow
+                # control window). Until then a failure has done nothing.
                 await stream.send_message(request, end=True)
                 whole_request_sent = True
                 reply = await stream.recv_message()
@@ -268,13 +269,13 @@ class EndpointPool:
             error = errors.map_grpc_error(exc)
             if isinstance(error, errors.TransportError | errors.DeadlineExceeded):
                 error.request_sent = whole_request_sent
-                raise _Failed(error, sent=sent) from exc
+                raise _Failed(error, sent=whole_request_sent) from exc
             raise error from exc
         except (OSError, TimeoutError, asyncio.IncompleteReadError, StreamTerminatedError,
                 _H2ProtocolError) as exc:
             error = errors.map_os_error(exc, endpoint.target)
             error.request_sent = whole_request_sent
-            raise _Failed(error, sent=sent) from exc
+            raise _Failed(error, sent=whole_request_sent) from exc
         finally:
             endpoint.in_flight -= 1
 

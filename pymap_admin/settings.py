@@ -119,6 +119,11 @@ class ConnectionSettings:
     tls: bool | None = None
     timeout: float = DEFAULT_TIMEOUT
     endpoints: tuple[EndpointAddress, ...] = ()
+    #: Every address a host name resolves to is a member (:meth:`members`).
+    all_addresses: bool = False
+    #: The name TLS checks the certificate against, when ``host`` is one of
+    #: the addresses of that name (set by :meth:`members`).
+    server_name: str | None = None
     #: Use a login token per user where the admin token would cost 0.3 s a
     #: call (pymap_admin.logintokens).
     login_tokens: bool = True
@@ -150,16 +155,45 @@ class ConnectionSettings:
         token is trusted by the other members only once SWIM has converged
         (and changes at each restart), so it is used with that member only.
         """
-        if not self.endpoints:
-            return (self,)
         from dataclasses import replace
 
-        own_tokens = self.token is None and self.token_file is None
-        return tuple(
-            replace(self, host=e.host, port=e.port, path=e.path, endpoints=(),
-                    token_file=e.path.parent / TOKEN_NAME if own_tokens and e.path else
-                    self.token_file)
-            for e in self.endpoints)
+        if not self.endpoints:
+            members: tuple[ConnectionSettings, ...] = (self,)
+        else:
+            own_tokens = self.token is None and self.token_file is None
+            members = tuple(
+                replace(self, host=e.host, port=e.port, path=e.path, endpoints=(),
+                        token_file=e.path.parent / TOKEN_NAME if own_tokens and e.path else
+                        self.token_file)
+                for e in self.endpoints)
+        if self.all_addresses:
+            members = tuple(address for member in members for address in member._addresses())
+        return members
+
+    def _addresses(self) -> tuple[ConnectionSettings, ...]:
+        """This TCP endpoint once per address its host name resolves to, TLS
+        checking the name; as it is if it is an address, a socket, or does
+        not resolve now (then the channel resolves it when connecting)."""
+        import ipaddress
+        import socket
+        from dataclasses import replace
+
+        if not self.uses_tcp:
+            return (self,)
+        host = self.host or "localhost"
+        try:
+            ipaddress.ip_address(host)
+            return (self,)
+        except ValueError:
+            pass
+        try:
+            found = socket.getaddrinfo(host, self.port or DEFAULT_PORT,
+                                       type=socket.SOCK_STREAM)
+        except OSError:
+            return (self,)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+        return tuple(replace(self, host=address, server_name=host, all_addresses=False)
+                     for address in addresses)
 
     @property
     def own_member_tokens(self) -> bool:
@@ -176,7 +210,8 @@ class ConnectionSettings:
             scheme = "https" if self.uses_tls else "http"
             host = self.host or "localhost"
             host = f"[{host}]" if ":" in host else host
-            return f"{scheme}://{host}:{self.port or DEFAULT_PORT}"
+            name = f" ({self.server_name})" if self.server_name else ""
+            return f"{scheme}://{host}:{self.port or DEFAULT_PORT}{name}"
         return f"unix:{self.socket_path()}"
 
     def socket_path(self) -> Path:

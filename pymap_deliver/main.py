@@ -129,7 +129,7 @@ class Daemon:
                     in_flight=lambda: self.backend.in_flight if self.backend else 0,
                     token_reads=lambda: client.tokens.reads,
                     token_mints=lambda: client.tokens_minted,
-                    serving=lambda: not server.stopping)
+                    serving=lambda: not server.stopping, pool=client.pool)
                 await self.metrics.start()
             try:
                 await server.start(after_bind=self._after_bind)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from .logfmt import event
 
 if TYPE_CHECKING:
+    from pymap_admin.pool import EndpointPool
+
     from .server import TcpEndpoint
 
 __all__ = ["LATENCY_BUCKETS", "MetricsServer", "Stats"]
@@ -63,12 +65,15 @@ class _Collector:
     """Stats and the live gauges, as Prometheus metric families."""
 
     def __init__(self, stats: Stats, sessions: Callable[[], int], in_flight: Callable[[], int],
-                 token_reads: Callable[[], int], token_mints: Callable[[], int]) -> None:
+                 token_reads: Callable[[], int], token_mints: Callable[[], int],
+                 pool: EndpointPool | None = None) -> None:
         self.stats = stats
         self.sessions = sessions
         self.in_flight = in_flight
         self.token_reads = token_reads
         self.token_mints = token_mints
+        #: The admin endpoints, when there are several (a pymap cluster).
+        self.pool = pool
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -118,6 +123,36 @@ class _Collector:
         yield CounterMetricFamily("pymap_deliver_received_bytes",
                                   "Message bytes received over LMTP",
                                   value=stats.bytes_received)
+        if self.pool is not None and not self.pool.single:
+            yield from self._pool_metrics(self.pool)
+
+    @staticmethod
+    def _pool_metrics(pool: EndpointPool) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        up = GaugeMetricFamily("pymap_deliver_member_up",
+                               "1 while a pymap member passes its health checks",
+                               labels=["member"])
+        calls = CounterMetricFamily("pymap_deliver_member_calls",
+                                    "Admin calls started on a pymap member", labels=["member"])
+        for endpoint in pool.endpoints:
+            up.add_metric([endpoint.target], 1 if endpoint.healthy else 0)
+            calls.add_metric([endpoint.target], endpoint.calls)
+        yield up
+        yield calls
+        stats = pool.stats
+        yield CounterMetricFamily("pymap_deliver_member_failovers",
+                                  "Calls moved to another member before their request was "
+                                  "sent", value=stats.failovers)
+        ambiguous = CounterMetricFamily(
+            "pymap_deliver_calls_ambiguous", "Calls cut off after their whole request was "
+            "sent (pymap may have done them), by what followed", labels=["action"])
+        ambiguous.add_metric(["retried"], stats.ambiguous_retried)
+        ambiguous.add_metric(["deferred"], stats.ambiguous - stats.ambiguous_retried)
+        yield ambiguous
+        yield CounterMetricFamily("pymap_deliver_no_healthy_member",
+                                  "Calls refused because no member was healthy",
+                                  value=stats.no_healthy)
 
 
 class MetricsServer:
@@ -138,9 +173,9 @@ class MetricsServer:
     @classmethod
     def for_daemon(cls, endpoint: TcpEndpoint, stats: Stats, *, sessions: Callable[[], int],
                    in_flight: Callable[[], int], token_reads: Callable[[], int],
-                   token_mints: Callable[[], int], serving: Callable[[], bool]
-                   ) -> MetricsServer:
-        collector = _Collector(stats, sessions, in_flight, token_reads, token_mints)
+                   token_mints: Callable[[], int], serving: Callable[[], bool],
+                   pool: EndpointPool | None = None) -> MetricsServer:
+        collector = _Collector(stats, sessions, in_flight, token_reads, token_mints, pool)
         return cls(endpoint, collector, serving)
 
     @property

@@ -555,3 +555,21 @@ async def test_no_request_carries_the_unnarrowed_token(tmp_path: Path) -> None:
     assert inspect_token(sent[0]).authzid == "fine@example.com"
     # Not a macaroon at all: passed through for the server to judge.
     assert RequestTokens().for_user("opaque", "fine@example.com") == "opaque"
+
+
+def test_append_status_line_is_capped_like_a_reply(maildir_pymap: PymapServer) -> None:
+    """pipe(8) puts append's first line into the DSN: a 10,000-character
+    Sieve reason must not make it longer than a reply line may be."""
+    asyncio.run(create_user(maildir_pymap, "rita"))
+    rita = maildir_pymap.workdir / "maildir" / "rita"
+    rita.mkdir(parents=True, exist_ok=True)
+    (rita / "dovecot.sieve").write_text('require "reject";\nreject "' + "no " * 3333 + '";\n')
+    script = Path(sys.executable).parent / "pymap-admin"
+    done = subprocess.run(
+        [str(script), "--path", str(maildir_pymap.socket_path), "--token-file",
+         str(maildir_pymap.token_path), "append", "rita"],
+        input=unique()[1], capture_output=True, timeout=60, check=False)
+    assert done.returncode == 77, done.stderr.decode()
+    first = done.stdout.split(b"\n")[0]
+    assert first.startswith(b"5.7.1 no no no")
+    assert len(first) + 2 <= 512

@@ -19,19 +19,21 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devstack.cluster import PymapCluster
-from devstack.localpymap import PymapServer
+from devstack.localpymap import PymapServer, TLSFiles, free_port
 from pymap_admin import (
     AdminClient,
     AdminError,
     ConnectionSettings,
     InvalidAuth,
+    TLSError,
     UserNotFound,
 )
-from pymap_admin.settings import EndpointAddress
+from pymap_admin.settings import EndpointAddress, load_settings
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
 from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
@@ -378,3 +380,58 @@ async def test_members_form_one_swim_cluster(pymap_cluster: PymapCluster) -> Non
                 assert time.monotonic() - started < 120, "SWIM did not converge in 120 s"
                 await asyncio.sleep(1)
     print(f"\nSWIM converged after {time.monotonic() - started:.1f} s")
+
+
+async def test_one_name_with_two_addresses_is_two_members(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--host NAME --all-addresses``: each address of the name is a member,
+    and TLS checks the certificate against the name, not the address. The
+    members' admin ports listen on 127.0.0.1 and 127.0.0.2 (same port) with
+    a certificate for ``pymap.test`` only; the name's two addresses come
+    from a stand-in resolver, the only part that is not real."""
+    import socket
+
+    import trustme
+
+    from .conftest import require_cluster
+
+    require_cluster()
+    ca = trustme.CA()
+    issued = ca.issue_cert("pymap.test")
+    files = TLSFiles(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem", ca=tmp_path / "ca.pem")
+    issued.private_key_pem.write_to_path(str(files.key))
+    issued.cert_chain_pems[0].write_to_path(str(files.cert))
+    ca.cert_pem.write_to_path(str(files.ca))
+    cluster = PymapCluster(workdir=tmp_path / "cluster", size=2)
+    port = free_port()
+    for index, member in enumerate(cluster.members):
+        member.tls, member.admin_host, member.admin_port = files, f"127.0.0.{index + 1}", port
+    cluster.start()
+    try:
+        token = await prepare(cluster)
+        resolve = socket.getaddrinfo
+
+        def two_addresses(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if host == "pymap.test":
+                return [*resolve("127.0.0.1", *args, **kwargs),
+                        *resolve("127.0.0.2", *args, **kwargs)]
+            return resolve(host, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+        settings = load_settings({"host": "pymap.test", "port": port, "all_addresses": True,
+                                  "cafile": files.ca, "timeout": 10.0},
+                                 environ={"PYMAP_ADMIN_TOKEN": token})
+        assert [m.target for m in settings.members()] == [
+            f"https://127.0.0.1:{port} (pymap.test)", f"https://127.0.0.2:{port} (pymap.test)"]
+        async with AdminClient(settings) as client:
+            infos = await asyncio.gather(*(client.get_user(USER) for _ in range(4)))
+            assert {info.user for info in infos} == {USER}
+            assert [e.operations["GetUser"] for e in client.pool.endpoints] == [2, 2]
+        # Without the name, the certificate does not match the address.
+        plain = ConnectionSettings(host="127.0.0.1", port=port, cafile=files.ca, token=token,
+                                   timeout=10.0)
+        async with AdminClient(plain) as client:
+            with pytest.raises(TLSError):
+                await client.get_user(USER)
+    finally:
+        cluster.cleanup()

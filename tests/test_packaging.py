@@ -430,6 +430,8 @@ def test_container_command_in_the_shared_environment(installed: Installed) -> No
     tmpdir = tmp_path / "run"
     tmpdir.mkdir()
     shutil.chown(tmpdir, "nobody")
+    command = tmp_path / "pymap-with-deliver"
+    shutil.copy(REPO / "contrib" / "docker" / "pymap-with-deliver", command)
     ports = {name: free_port() for name in ("IMAP_PORT", "SIEVE_PORT", "ADMIN_PORT",
                                             "LMTP_PORT")}
     env = {"PATH": f"{installed.bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmpdir),
@@ -438,7 +440,7 @@ def test_container_command_in_the_shared_environment(installed: Installed) -> No
     with log.open("wb") as out:
         process = subprocess.Popen(
             [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-             str(REPO / "contrib" / "docker" / "pymap-with-deliver")],
+             str(command)],
             env=env, stdout=out, stderr=out)
     try:
         _wait_for_port(ports["LMTP_PORT"], process)

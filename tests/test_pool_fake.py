@@ -141,6 +141,22 @@ async def test_a_call_lost_after_sending_is_retried_once_elsewhere_and_logged(
     assert "action=retried" in lines[0]
 
 
+async def test_a_connection_lost_while_sending_is_not_ambiguous(tmp_path: Path) -> None:
+    """A message larger than HTTP/2's first flow-control window (64 KiB):
+    the dropping server never opens the window, so the client is still
+    sending when the connection goes. pymap cannot have stored it."""
+    fake = FakeAdmin()
+    big = BODY + b"x" * 300_000
+    async with DropAfterRequest(tmp_path / "a.sock") as dropper, \
+            HealthyFake(fake, tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
+                        ) as client:
+        assert (await client.append("alice", big)).uid == 1
+        assert dropper.requests == 1 and appends(fake) == 1
+        stats = client.pool.stats
+        assert (stats.failovers, stats.ambiguous) == (1, 0)
+
+
 async def test_a_second_lost_call_is_a_temporary_failure(tmp_path: Path) -> None:
     async with DropAfterRequest(tmp_path / "a.sock") as a, \
             DropAfterRequest(tmp_path / "b.sock") as b, \
@@ -238,3 +254,31 @@ async def test_a_member_not_serving_is_taken_out_and_comes_back(tmp_path: Path) 
         assert client.pool.endpoints[0].healthy
         await asyncio.gather(*(client.append("alice", BODY) for _ in range(6)))
         assert appends(fakes[0]) > before
+
+
+async def test_the_pool_shows_in_the_daemons_metrics(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from pymap_deliver.metrics import MetricsServer, Stats
+    from pymap_deliver.server import TcpEndpoint
+
+    from .test_daemon_ops import samples
+
+    fake = FakeAdmin()
+    async with DropAfterRequest(tmp_path / "a.sock"), \
+            HealthyFake(fake, tmp_path / "b.sock"), \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
+                        ) as client:
+        await client.append("alice", BODY)  # cut off on a, retried on b
+        metrics = MetricsServer.for_daemon(
+            TcpEndpoint(port=0), Stats(), sessions=lambda: 0, in_flight=lambda: 0,
+            token_reads=lambda: 0, token_mints=lambda: 0, serving=lambda: True,
+            pool=client.pool)
+        found = samples(generate_latest(metrics.registry).decode())
+    a, b = (f"unix:{tmp_path / name}" for name in ("a.sock", "b.sock"))
+    assert found[("pymap_deliver_member_up", (("member", a),))] == 0
+    assert found[("pymap_deliver_member_up", (("member", b),))] == 1
+    assert found[("pymap_deliver_member_calls_total", (("member", b),))] == 1
+    assert found[("pymap_deliver_calls_ambiguous_total", (("action", "retried"),))] == 1
+    assert found[("pymap_deliver_calls_ambiguous_total", (("action", "deferred"),))] == 0
+    assert found[("pymap_deliver_member_failovers_total", ())] == 0

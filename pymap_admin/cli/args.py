@@ -87,6 +87,7 @@ class GlobalOptions(NamedTuple):
     capath: Path | None = None
     no_verify_cert: bool = False
     tls: bool | None = None
+    all_addresses: bool = False
     timeout: float | None = None
     login_tokens: bool | None = None
     token_cache: str | None = None

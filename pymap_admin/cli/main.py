@@ -13,11 +13,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from contextlib import redirect_stderr, redirect_stdout
-from typing import IO, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from ..outcomes import ExitStatus
 from .args import COMMANDS, PROG, UsageError, command_name, parse_args
 from .base import Command, Streams
+
+if TYPE_CHECKING:
+    import logging.handlers
 
 __all__ = ["main"]
 
@@ -52,17 +55,47 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         return _usage_error(exc, args, streams)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
+    held = None
     if options.globals.debug:
         import logging
 
         from ..logs import configure_logging
 
         configure_logging(logging.DEBUG, streams.stderr)
+    else:
+        held = _hold_warnings(streams.stderr)
     command_class: type[Command[Any]] = options.runner
-    status = command_class(options, streams).run()
+    try:
+        status = command_class(options, streams).run()
+    finally:
+        if held is not None:
+            _release_warnings(held)
     if argv is None and stdout is None and stderr is None:
         _exit_now(status)
     return status
+
+
+def _hold_warnings(stream: TextIO) -> logging.handlers.MemoryHandler:
+    """Library warnings (without --debug) go to stderr after the command's own
+    output, never before it: postfix's pipe(8) reads stdout and stderr as one
+    stream and takes a status code only from its start."""
+    import logging.handlers
+
+    target = logging.StreamHandler(stream)
+    target.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    held = logging.handlers.MemoryHandler(capacity=1000, flushLevel=logging.CRITICAL + 1,
+                                          target=target)
+    held.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(held)
+    return held
+
+
+def _release_warnings(held: logging.handlers.MemoryHandler) -> None:
+    import logging
+
+    logging.getLogger().removeHandler(held)
+    held.flush()
+    held.close()
 
 
 def _exit_now(status: int) -> None:
