@@ -77,8 +77,8 @@ class LMTPOptions:
 
     ``line_length_limit``: 64 KiB per data line. RFC 5321 says 1000 octets,
     but real mail breaks it and refusing would bounce it for good; postfix
-    reads longer lines and splits them, Dovecot's LMTP has no limit. It also
-    bounds the input buffered for a command line.
+    reads longer lines and splits them, Dovecot's LMTP has no limit. Lines
+    are counted from LF to LF.
 
     ``idle_timeout``: 300 s, postfix's smtpd_timeout; only time spent waiting
     for the client counts, not time spent delivering.
