@@ -22,6 +22,7 @@ from pathlib import Path
 from devstack.localpymap import PymapServer, cleanup, pymap_executable
 from pymap_admin import AdminClient, ConnectionSettings
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
+from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 from tests.lmtp_client import LMTPClient, tcp_port
 
@@ -64,7 +65,8 @@ async def run(count: int, workdir: Path) -> tuple[float, float]:
                                    for user in batch + serial))
         async with AdminClient(settings) as admin:
             backend = PymapBackend(admin, DeliveryOptions(hostname="bench.example"))
-            config = ServerConfig(tcp=[TcpEndpoint(port=0)], hostname="bench.example")
+            config = ServerConfig(tcp=[TcpEndpoint(port=0)],
+                                  lmtp=LMTPOptions(hostname="bench.example"))
             async with DeliveryServer(backend, config) as server:
                 client = await LMTPClient.tcp("127.0.0.1", tcp_port(server))
                 assert (await client.start()).code == 250
