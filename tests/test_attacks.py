@@ -29,12 +29,14 @@ from pymap_admin import AdminClient, ConnectionSettings, errors
 from pymap_admin.grpc import admin_pb2 as pb
 from pymap_admin.tokens import RequestTokens, inspect_token
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
+from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.recipients import RecipientRules
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
 from .conftest import create_user, require_pymap, socket_settings
 from .fake_admin import FakeAdmin, RunningFake, success
 from .lmtp_client import LMTPClient, ScriptedBackend, running_server, tcp_port
+from .lmtp_client import server_config as server_config_of
 from .test_tokens import admin_token
 
 HOST = "lmtp.test"
@@ -60,8 +62,8 @@ async def deliver_agent(server: PymapServer, *, timeout: float = 10.0,
     the end must complete (a hang fails the test)."""
     async with AdminClient(socket_settings(server, timeout=timeout)) as client:
         backend = PymapBackend(client, DeliveryOptions(hostname=HOST, **options))
-        config = ServerConfig(tcp=[TcpEndpoint(port=0)], hostname=HOST,
-                              **(server_config or {}))
+        config = server_config_of(tcp=[TcpEndpoint(port=0)], hostname=HOST,
+                                  **(server_config or {}))
         agent = DeliveryServer(backend, config)
         await agent.start()
         try:
@@ -210,7 +212,7 @@ async def test_shutdown_has_a_deadline_when_the_store_hangs(fresh_pymap: PymapSe
 def test_shutdown_timeout_default_is_postfix_data_done_timeout() -> None:
     from pymap_deliver.main import parse_args
 
-    assert ServerConfig(hostname="x").shutdown_timeout == 600.0
+    assert ServerConfig(lmtp=LMTPOptions(hostname="x")).shutdown_timeout == 600.0
     assert parse_args(["--listen", "24"]).server.shutdown_timeout == 600.0
     assert parse_args(["--listen", "24", "--shutdown-timeout", "5"]).server.shutdown_timeout == 5
 
@@ -351,8 +353,8 @@ async def test_append_bytes_in_flight_are_bounded(tmp_path: Path) -> None:
                                timeout=30)) as admin:
         backend = PymapBackend(admin, DeliveryOptions(
             hostname=HOST, check_recipients=False, max_bytes_in_flight=4 * 1024 * 1024))
-        async with DeliveryServer(backend, ServerConfig(tcp=[TcpEndpoint(port=0)],
-                                                        hostname=HOST)) as agent:
+        config = ServerConfig(tcp=[TcpEndpoint(port=0)], lmtp=LMTPOptions(hostname=HOST))
+        async with DeliveryServer(backend, config) as agent:
             client = await lmtp(agent)
             _, replies = await client.transaction("s@example.com", ["alice"] * 20, body)
             await client.close()
@@ -503,8 +505,8 @@ async def test_reply_names_no_local_path(pymap: PymapServer, tmp_path: Path,
     settings = socket_settings(pymap, token_file=token)
     async with AdminClient(settings) as admin:
         backend = PymapBackend(admin, DeliveryOptions(hostname=HOST))
-        async with DeliveryServer(backend, ServerConfig(tcp=[TcpEndpoint(port=0)],
-                                                        hostname=HOST)) as agent:
+        config = ServerConfig(tcp=[TcpEndpoint(port=0)], lmtp=LMTPOptions(hostname=HOST))
+        async with DeliveryServer(backend, config) as agent:
             client = await lmtp(agent)
             assert (await client.command("MAIL FROM:<s@example.com>")).code == 250
             token.unlink()
