@@ -34,6 +34,7 @@ from pymap_admin import AdminClient, ConnectionSettings
 from pymap_admin.settings import EndpointAddress
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
 from pymap_deliver.main import configure_logging
+from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.server import (
     DeliveryServer,
     ServerConfig,
@@ -70,7 +71,7 @@ async def run(args: argparse.Namespace) -> int:
         port = args.port or free_port()
         config = ServerConfig(tcp=(TcpEndpoint(host="127.0.0.1", port=port),),
                               unix=(UnixEndpoint(path=str(lmtp_socket), mode=0o666),),
-                              hostname=socket.gethostname() or "localhost")
+                              lmtp=LMTPOptions(hostname=socket.gethostname() or "localhost"))
         async with AdminClient(settings) as client:
             backend = PymapBackend(client, DeliveryOptions(hostname=config.hostname))
             server = DeliveryServer(backend, config)
@@ -122,7 +123,7 @@ async def run_cluster(args: argparse.Namespace) -> int:
             endpoints=tuple(EndpointAddress(path=path) for path in cluster.socket_paths()))
         port = args.port or free_port()
         config = ServerConfig(tcp=(TcpEndpoint(host="127.0.0.1", port=port),),
-                              hostname=socket.gethostname() or "localhost")
+                              lmtp=LMTPOptions(hostname=socket.gethostname() or "localhost"))
         async with AdminClient(settings) as client:
             backend = PymapBackend(client, DeliveryOptions(hostname=config.hostname))
             server = DeliveryServer(backend, config)

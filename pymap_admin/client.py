@@ -155,8 +155,11 @@ class AdminClient:
         if channel is not None:
             endpoints = [Endpoint("the admin service", channel)]
         else:
+            # A token file is re-read at once when the server refuses its
+            # token, so looking at it once a second is enough otherwise.
             endpoints = [Endpoint(member.target, make_channel(member),
-                                  TokenSource(path=member.token_file) if own_tokens else None)
+                                  TokenSource(path=member.token_file, check_interval=1.0)
+                                  if own_tokens else None)
                          for member in self.settings.members()]
         #: The admin endpoints and how they are used (one: just that one).
         self.pool = EndpointPool(endpoints, health_interval=health_interval)
@@ -169,7 +172,8 @@ class AdminClient:
                                 self._member_tokens[0])
         else:
             self._tokens = tokens if tokens is not None else TokenSource(
-                token=self.settings.token, path=self.settings.token_path())
+                token=self.settings.token, path=self.settings.token_path(),
+                check_interval=1.0)
         self._request_tokens = RequestTokens() if attenuate_tokens else None
         self._short_lived = short_lived
         self._login_tokens: LoginTokens | None = None

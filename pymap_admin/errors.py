@@ -320,7 +320,13 @@ def map_os_error(exc: BaseException, target: str) -> AdminError:
         return TLSError(f"TLS failure talking to {target}: {exc}")
     if isinstance(exc, StreamTerminatedError | _H2ProtocolError | ConnectionResetError
                   | BrokenPipeError | ConnectionAbortedError):
-        return ConnectionReset(f"connection to {target} broken: {exc}")
+        reason = str(exc)
+        if not reason:
+            reason = f"{type(exc).__name__}: the server closed the connection"
+            if target.startswith("https://"):
+                # pymap without --cert accepts TCP, then drops the handshake.
+                reason += " (does its admin port speak TLS? pymap needs --cert for that)"
+        return ConnectionReset(f"connection to {target} broken: {reason}")
     if isinstance(exc, TimeoutError):
         return DeadlineExceeded(f"timed out talking to {target}")
     if isinstance(exc, OSError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from functools import lru_cache
 from typing import Final
 
 from . import errors
@@ -67,6 +68,14 @@ MAX_REPLY_LINE: Final = 512
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 # Anything that could end a line or confuse a client: C0 controls and DEL.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _capped(line: bytes) -> bytes:
+    """A reply line without its CRLF, cut to fit 512 octets with it, on a
+    character boundary (a client must get valid UTF-8)."""
+    if len(line) <= MAX_REPLY_LINE - 2:
+        return line
+    return line[:MAX_REPLY_LINE - 2].decode("utf-8", "ignore").encode("utf-8")
 
 
 def _one_line(text: str) -> str:
@@ -118,18 +127,23 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """The reply as sent: CRLF-terminated lines, each capped at 512 octets."""
+        return _encode(self)
+
+    def _encode(self) -> bytes:
         lines = (self.text, *self.more)
         last = len(lines) - 1
         out = []
         for index, text in enumerate(lines):
             separator = " " if index == last else "-"
             prefix = f"{self.code}{separator}{self.enhanced + ' ' if self.enhanced else ''}"
-            line = (prefix + text).encode("utf-8")
-            if len(line) > MAX_REPLY_LINE - 2:
-                # Cut on a character boundary: a client must get valid UTF-8.
-                line = line[:MAX_REPLY_LINE - 2].decode("utf-8", "ignore").encode("utf-8")
-            out.append(line + b"\r\n")
+            out.append(_capped((prefix + text).encode("utf-8")) + b"\r\n")
         return b"".join(out)
+
+
+# Most replies are the same few values (the table's): encode each once.
+@lru_cache(maxsize=1024)
+def _encode(reply: Reply) -> bytes:
+    return reply._encode()
 
 
 class Replies:
@@ -212,8 +226,10 @@ class Outcome:
 
     @property
     def status_text(self) -> str:
-        """``2.0.0 Message delivered``: the enhanced code and text."""
-        return f"{self.reply.enhanced} {self.reply.text}"
+        """``2.0.0 Message delivered``: the enhanced code and text, capped
+        like a reply line (pipe(8) puts it into the DSN)."""
+        text = f"{self.reply.enhanced} {self.reply.text}"
+        return _capped(text.encode("utf-8")).decode("utf-8")
 
     @property
     def delivered(self) -> bool:

@@ -243,6 +243,11 @@ class ConnectionSettings:
     def ssl_context(self) -> ssl.SSLContext:
         import ssl
 
+        for name, value in (("cafile", self.cafile), ("capath", self.capath),
+                            ("cert", self.cert), ("key", self.key)):
+            if value is not None and not value.exists():
+                # ssl's own error says "No such file or directory" and no name.
+                raise ConfigurationError(f"TLS {name} not found: {value}")
         try:
             context = ssl.create_default_context(
                 cafile=str(self.cafile) if self.cafile else None,

@@ -46,11 +46,17 @@ class TokenSource:
     re-read whenever the file changes (pymap writes a new admin token on
     every start)."""
 
-    def __init__(self, *, token: str | None = None, path: Path | None = None) -> None:
+    def __init__(self, *, token: str | None = None, path: Path | None = None,
+                 check_interval: float = 0.0) -> None:
+        """``check_interval``: look at the file at most this often (seconds);
+        a client that re-reads it when the server refuses the token anyway
+        need not ``stat`` it for every call."""
         self._literal = token.strip() if token else None
         self._path = path
         self._stamp: tuple[int, int, int] | None = None
         self._cached: str | None = None
+        self._check_interval = check_interval
+        self._next_check = 0.0
         #: How many times the token file was read (for metrics).
         self.reads = 0
 
@@ -71,6 +77,11 @@ class TokenSource:
                 "no admin token: set PYMAP_ADMIN_TOKEN, use --token-file, or "
                 "save one with 'pymap-admin login -s'"
             )
+        if self._cached is not None and self._check_interval:
+            now = time.monotonic()
+            if now < self._next_check:
+                return self._cached
+            self._next_check = now + self._check_interval
         try:
             stat = os.stat(self._path)
         except OSError as exc:
@@ -88,6 +99,7 @@ class TokenSource:
             return False
         before = self._cached
         self._stamp = None
+        self._next_check = 0.0
         return self.current() != before
 
     def _read(self) -> str:

@@ -39,6 +39,7 @@ from pymap_admin.options import (
 )
 
 from .delivery import DeliveryOptions
+from .protocol import LMTPOptions
 from .recipients import RecipientRules
 from .server import ServerConfig, TcpEndpoint, UnixEndpoint
 
@@ -202,8 +203,8 @@ class DaemonConfig:
     #: Option names set on the command line or in the file (not defaults).
     given: frozenset[str]
     config_file: Path | None
+    #: The listeners, the sessions' protocol options and the backend's options.
     server: ServerConfig
-    delivery: DeliveryOptions
     #: For :func:`pymap_admin.settings.load_settings`: None means not given.
     connection: dict[str, object | None]
 
@@ -359,29 +360,32 @@ def build(ns: argparse.Namespace, file: Path | None) -> DaemonConfig:
         raise ConfigurationError(
             "--detail-mailbox needs --recipient-delimiter (detail_mailbox needs "
             "recipient_delimiter in [recipients])") from None
+    hostname = values["hostname"] or socket.getfqdn()
     server = ServerConfig(
         tcp=tuple(values["listen"]),
         unix=tuple(UnixEndpoint(path=p, mode=values["unix_mode"], owner=values["unix_owner"],
                                 group=values["unix_group"]) for p in values["unix"]),
         use_systemd_sockets=values["systemd"],
-        hostname=values["hostname"] or socket.getfqdn(),
-        data_size_limit=values["max_size"],
+        lmtp=LMTPOptions(
+            hostname=hostname,
+            data_size_limit=values["max_size"],
+            idle_timeout=values["idle_timeout"],
+            max_recipients=values["max_recipients"],
+        ),
+        delivery=DeliveryOptions(
+            hostname=hostname, rules=rules,
+            check_recipients=values["check_recipients"],
+            defer_unreachable_at_rcpt=not values["accept_when_unreachable"],
+            max_in_flight=values["max_in_flight"],
+            max_bytes_in_flight=values["max_bytes_in_flight"],
+        ),
         max_connections=values["max_connections"],
-        idle_timeout=values["idle_timeout"],
-        max_recipients=values["max_recipients"],
         shutdown_timeout=values["shutdown_timeout"],
-    )
-    delivery = DeliveryOptions(
-        hostname=server.hostname, rules=rules,
-        check_recipients=values["check_recipients"],
-        defer_unreachable_at_rcpt=not values["accept_when_unreachable"],
-        max_in_flight=values["max_in_flight"],
-        max_bytes_in_flight=values["max_bytes_in_flight"],
     )
     connection: dict[str, object | None] = {
         o.name: values[o.name] for o in OPTIONS if o.section == PYMAP and o.name != "admin_config"}
     return DaemonConfig(values=values, given=frozenset(given), config_file=file, server=server,
-                        delivery=delivery, connection=connection)
+                        connection=connection)
 
 
 def _show(option: Option, value: Any) -> str:

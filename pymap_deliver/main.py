@@ -119,7 +119,8 @@ class Daemon:
                 raise ConfigurationError(
                     "no admin token: set PYMAP_ADMIN_TOKEN or token_file in [pymap] "
                     "(pymap writes one to $TMPDIR/pymap/pymap-admin.token)")
-            self.backend = PymapBackend(client, config.delivery)
+            assert config.server.delivery is not None
+            self.backend = PymapBackend(client, config.server.delivery)
             self.backend.stats = self.stats
             self.server = server = DeliveryServer(self.backend, config.server, stats=self.stats)
             if config["metrics"] is not None:
@@ -222,7 +223,8 @@ class Daemon:
         self.server.reconfigure(dataclasses.replace(
             new.server, tcp=old.server.tcp, unix=old.server.unix,
             use_systemd_sockets=old.server.use_systemd_sockets))
-        self.backend.reconfigure(new.delivery)
+        assert new.server.delivery is not None
+        self.backend.reconfigure(new.server.delivery)
         if settings != self.settings:
             log.warning(event("reload: not applied, that takes a restart",
                         options="pymap connection"))

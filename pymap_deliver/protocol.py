@@ -69,7 +69,20 @@ FLUSH_SIZE: Final = 16 * 1024
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LMTPOptions:
-    """Per-session protocol settings (the server builds them from its config)."""
+    """Per-session protocol settings.
+
+    ``data_size_limit``: 64 MiB. Above postfix's default message_size_limit
+    (10 MB) and the 50 MB messages we must carry, with room for base64 growth,
+    while bounding what one session may hold in memory (about twice this).
+
+    ``line_length_limit``: 64 KiB per data line. RFC 5321 says 1000 octets,
+    but real mail breaks it and refusing would bounce it for good; postfix
+    reads longer lines and splits them, Dovecot's LMTP has no limit. Lines
+    are counted from LF to LF.
+
+    ``idle_timeout``: 300 s, postfix's smtpd_timeout; only time spent waiting
+    for the client counts, not time spent delivering.
+    """
 
     hostname: str
     data_size_limit: int = 64 * 1024 * 1024

@@ -26,6 +26,7 @@ from typing import Self
 
 from pymap_admin.outcomes import Replies
 
+from .delivery import DeliveryOptions
 from .lmtp import DeliveryBackend, LMTPOptions, LMTPSession
 from .logfmt import event
 from .metrics import Stats
@@ -67,19 +68,10 @@ class UnixEndpoint:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
-    """Everything the server needs besides the backend.
-
-    ``data_size_limit``: 64 MiB. Above postfix's default message_size_limit
-    (10 MB) and the 50 MB messages we must carry, with room for base64 growth,
-    while bounding what one session may hold in memory (about twice this).
-
-    ``line_length_limit``: 64 KiB per data line. RFC 5321 says 1000 octets,
-    but real mail breaks it and refusing would bounce it for good; postfix
-    reads longer lines and splits them, Dovecot's LMTP has no limit. The value
-    also sizes the per-connection read buffer (aiosmtpd's StreamReader limit).
-
-    ``idle_timeout``: 300 s, postfix's smtpd_timeout; only time spent waiting
-    for the client counts, not time spent delivering.
+    """Everything the server needs besides the backend: its listeners, the
+    protocol settings of every session (``lmtp``), the delivery backend's
+    options (``delivery``: for whoever builds the backend, the daemon), the
+    connection limit and the shutdown deadline.
 
     ``shutdown_timeout``: 600 s, postfix's lmtp_data_done_timeout: the MTA
     has given up on a transaction by then anyway. That many seconds after
@@ -92,13 +84,9 @@ class ServerConfig:
     tcp: Sequence[TcpEndpoint] = ()
     unix: Sequence[UnixEndpoint] = ()
     use_systemd_sockets: bool = False
-    hostname: str = field(default_factory=socket.getfqdn)
-    data_size_limit: int = 64 * 1024 * 1024
-    line_length_limit: int = 64 * 1024
+    lmtp: LMTPOptions = field(default_factory=lambda: LMTPOptions(hostname=socket.getfqdn()))
+    delivery: DeliveryOptions | None = None
     max_connections: int = 100
-    idle_timeout: float = 300.0
-    max_recipients: int = 1000
-    reject_undeclared_8bit: bool = False
     shutdown_timeout: float | None = 600.0
 
     def __post_init__(self) -> None:
@@ -106,17 +94,10 @@ class ServerConfig:
             raise ValueError("max_connections must be positive")
         if self.shutdown_timeout is not None and self.shutdown_timeout < 0:
             raise ValueError("shutdown_timeout must not be negative")
-        self.lmtp_options()  # validates the protocol settings early
 
-    def lmtp_options(self) -> LMTPOptions:
-        return LMTPOptions(
-            hostname=self.hostname,
-            data_size_limit=self.data_size_limit,
-            line_length_limit=self.line_length_limit,
-            idle_timeout=self.idle_timeout,
-            max_recipients=self.max_recipients,
-            reject_undeclared_8bit=self.reject_undeclared_8bit,
-        )
+    @property
+    def hostname(self) -> str:
+        return self.lmtp.hostname
 
 
 def systemd_listen_sockets(
@@ -213,7 +194,7 @@ class DeliveryServer:
         self.config = config
         #: What the server counts (sessions accepted and refused).
         self.stats = stats if stats is not None else Stats()
-        self._options = config.lmtp_options()
+        self._options = config.lmtp
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[tuple[str, tuple[int, int]]] = []
         self._sessions: set[LMTPSession] = set()
@@ -225,7 +206,7 @@ class DeliveryServer:
         """New settings for sessions opened from now on (SIGHUP); open
         sessions keep theirs, listeners stay as they are."""
         self.config = config
-        self._options = config.lmtp_options()
+        self._options = config.lmtp
         self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
 
     @property

@@ -69,6 +69,8 @@ class FakeAdmin(SystemBase, MailboxBase, UserBase):
     calls: list[Call] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    #: False keeps no calls (a benchmark's server, which must not grow).
+    record: bool = True
 
     def __mapping__(self) -> dict[str, Any]:
         # Each generated base maps only its own service; serve all three.
@@ -77,9 +79,10 @@ class FakeAdmin(SystemBase, MailboxBase, UserBase):
 
     async def _handle(self, name: str, stream: Stream[Any, Any], default: Step) -> None:
         request = await stream.recv_message()
-        metadata = {k: v if isinstance(v, str) else v.decode()
-                    for k, v in (stream.metadata or {}).items()}
-        self.calls.append(Call(name, request, metadata))
+        if self.record:
+            metadata = {k: v if isinstance(v, str) else v.decode()
+                        for k, v in (stream.metadata or {}).items()}
+            self.calls.append(Call(name, request, metadata))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

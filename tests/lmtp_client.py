@@ -16,6 +16,7 @@ from typing import Any
 
 from pymap_admin.outcomes import Reply as ServerReply
 from pymap_deliver.lmtp import IncomingMessage
+from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
 ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}$")
@@ -200,6 +201,14 @@ def tcp_port(server: DeliveryServer) -> int:
     raise AssertionError("no TCP listener")
 
 
+def server_config(**config: Any) -> ServerConfig:
+    """A ServerConfig from flat keywords: the session's protocol settings
+    (hostname, data_size_limit, ...) go into its LMTPOptions."""
+    protocol = {name: config.pop(name) for name in list(config)
+                if name in LMTPOptions.__dataclass_fields__}
+    return ServerConfig(lmtp=LMTPOptions(**protocol), **config)
+
+
 @asynccontextmanager
 async def running_server(
     backend: ScriptedBackend, **config: Any
@@ -208,7 +217,7 @@ async def running_server(
     stopped and awaited on exit."""
     config.setdefault("tcp", [TcpEndpoint(host="127.0.0.1", port=0)])
     config.setdefault("hostname", "lmtp.test")
-    server = DeliveryServer(backend, ServerConfig(**config))
+    server = DeliveryServer(backend, server_config(**config))
     async with server:
         yield server
 

@@ -29,12 +29,14 @@ from pymap_admin import AdminClient, ConnectionSettings, errors
 from pymap_admin.grpc import admin_pb2 as pb
 from pymap_admin.tokens import RequestTokens, inspect_token
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
+from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.recipients import RecipientRules
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
 from .conftest import create_user, require_pymap, socket_settings
 from .fake_admin import FakeAdmin, RunningFake, success
 from .lmtp_client import LMTPClient, ScriptedBackend, running_server, tcp_port
+from .lmtp_client import server_config as server_config_of
 from .test_tokens import admin_token
 
 HOST = "lmtp.test"
@@ -60,8 +62,8 @@ async def deliver_agent(server: PymapServer, *, timeout: float = 10.0,
     the end must complete (a hang fails the test)."""
     async with AdminClient(socket_settings(server, timeout=timeout)) as client:
         backend = PymapBackend(client, DeliveryOptions(hostname=HOST, **options))
-        config = ServerConfig(tcp=[TcpEndpoint(port=0)], hostname=HOST,
-                              **(server_config or {}))
+        config = server_config_of(tcp=[TcpEndpoint(port=0)], hostname=HOST,
+                                  **(server_config or {}))
         agent = DeliveryServer(backend, config)
         await agent.start()
         try:
@@ -210,7 +212,7 @@ async def test_shutdown_has_a_deadline_when_the_store_hangs(fresh_pymap: PymapSe
 def test_shutdown_timeout_default_is_postfix_data_done_timeout() -> None:
     from pymap_deliver.main import parse_args
 
-    assert ServerConfig(hostname="x").shutdown_timeout == 600.0
+    assert ServerConfig(lmtp=LMTPOptions(hostname="x")).shutdown_timeout == 600.0
     assert parse_args(["--listen", "24"]).server.shutdown_timeout == 600.0
     assert parse_args(["--listen", "24", "--shutdown-timeout", "5"]).server.shutdown_timeout == 5
 
@@ -351,8 +353,8 @@ async def test_append_bytes_in_flight_are_bounded(tmp_path: Path) -> None:
                                timeout=30)) as admin:
         backend = PymapBackend(admin, DeliveryOptions(
             hostname=HOST, check_recipients=False, max_bytes_in_flight=4 * 1024 * 1024))
-        async with DeliveryServer(backend, ServerConfig(tcp=[TcpEndpoint(port=0)],
-                                                        hostname=HOST)) as agent:
+        config = ServerConfig(tcp=[TcpEndpoint(port=0)], lmtp=LMTPOptions(hostname=HOST))
+        async with DeliveryServer(backend, config) as agent:
             client = await lmtp(agent)
             _, replies = await client.transaction("s@example.com", ["alice"] * 20, body)
             await client.close()
@@ -503,8 +505,8 @@ async def test_reply_names_no_local_path(pymap: PymapServer, tmp_path: Path,
     settings = socket_settings(pymap, token_file=token)
     async with AdminClient(settings) as admin:
         backend = PymapBackend(admin, DeliveryOptions(hostname=HOST))
-        async with DeliveryServer(backend, ServerConfig(tcp=[TcpEndpoint(port=0)],
-                                                        hostname=HOST)) as agent:
+        config = ServerConfig(tcp=[TcpEndpoint(port=0)], lmtp=LMTPOptions(hostname=HOST))
+        async with DeliveryServer(backend, config) as agent:
             client = await lmtp(agent)
             assert (await client.command("MAIL FROM:<s@example.com>")).code == 250
             token.unlink()
@@ -553,3 +555,21 @@ async def test_no_request_carries_the_unnarrowed_token(tmp_path: Path) -> None:
     assert inspect_token(sent[0]).authzid == "fine@example.com"
     # Not a macaroon at all: passed through for the server to judge.
     assert RequestTokens().for_user("opaque", "fine@example.com") == "opaque"
+
+
+def test_append_status_line_is_capped_like_a_reply(maildir_pymap: PymapServer) -> None:
+    """pipe(8) puts append's first line into the DSN: a 10,000-character
+    Sieve reason must not make it longer than a reply line may be."""
+    asyncio.run(create_user(maildir_pymap, "rita"))
+    rita = maildir_pymap.workdir / "maildir" / "rita"
+    rita.mkdir(parents=True, exist_ok=True)
+    (rita / "dovecot.sieve").write_text('require "reject";\nreject "' + "no " * 3333 + '";\n')
+    script = Path(sys.executable).parent / "pymap-admin"
+    done = subprocess.run(
+        [str(script), "--path", str(maildir_pymap.socket_path), "--token-file",
+         str(maildir_pymap.token_path), "append", "rita"],
+        input=unique()[1], capture_output=True, timeout=60, check=False)
+    assert done.returncode == 77, done.stderr.decode()
+    first = done.stdout.split(b"\n")[0]
+    assert first.startswith(b"5.7.1 no no no")
+    assert len(first) + 2 <= 512

@@ -90,7 +90,7 @@ def test_append_all_flags() -> None:
         flags=("$Label", "\\Flagged", "\\Seen", "\\Draft", "\\Deleted", "\\Answered"),
         max_size=1000)
     assert parse_args(["append", "u"]).options == AppendOptions("u", max_size=DEFAULT_MAX_SIZE)
-    assert parse_args(["append", "--from", "", "u"]).options.sender == ""  # type: ignore[union-attr]
+    assert parse_args(["append", "--from", "", "u"]).options.sender == ""
 
 
 def test_user_commands() -> None:
@@ -162,11 +162,38 @@ def test_help_and_version_exit_0() -> None:
     assert out.getvalue().startswith("pymap-admin ")
 
 
-def test_abbreviated_global_option_falls_back_to_the_full_parser() -> None:
-    # "--ho ping" is --host ping: the short cut guesses "ping", the full parser knows.
-    parsed = parse_args(["--ho", "ping", "append", "u"])
-    assert parsed.command == "append" and parsed.globals.host == "ping"
+def test_abbreviated_options_are_refused() -> None:
+    # A prefix is a landmine in a unit file or master.cf: it silently
+    # changes meaning when a longer option appears.
+    for argv in (["--ho", "h", "ping"], ["append", "--max", "1", "u"],
+                 ["set-user", "--no-pass", "u"]):
+        with pytest.raises(UsageError):
+            parse_args(argv)
     assert command_name(["--path", "append", "ping"]) == "ping"
+
+
+def test_global_options_are_the_connection_table() -> None:
+    from pymap_admin.cli.args import GlobalOptions
+    from pymap_admin.options import CONNECTION_OPTIONS
+
+    flagged = [o.name for o in CONNECTION_OPTIONS if o.flag]
+    assert list(GlobalOptions._fields) == [*flagged, "json", "debug"]
+    parsed = parse_args(["--no-login-tokens", "--login-token-cache", "none", "ping"])
+    assert parsed.globals.connection()["login_tokens"] is False
+    assert parsed.globals.connection()["token_cache"] == "none"
+
+
+@pytest.mark.parametrize(("argv", "status"), [
+    (["get-user"], 64), (["ping", "extra"], 64), (["--port", "x", "ping"], 64),
+    (["set-user", "--no-password", "--password-file", "p", "u"], 64),
+    (["token", "attenuate"], 64), (["token"], 64), (["check", "--bogus"], 64),
+    ([], 75), (["nonsense"], 75),
+])
+def test_usage_errors_exit_64_in_one_line(argv: list[str], status: int) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert main(argv, stdout=out, stderr=err) == status
+    assert err.getvalue().count("\n") == 1 and err.getvalue().startswith("pymap-admin: error: ")
+    assert out.getvalue() == ""
 
 
 def test_null_sender() -> None:
@@ -199,3 +226,13 @@ def test_read_message() -> None:
 def test_line_endings_become_crlf(given: bytes, stored: bytes) -> None:
     assert crlf(given) == stored
     assert read_message(io.BytesIO(b"From x@y Mon Jan  1 00:00:00 2024\n" + given), 0) == stored
+
+
+@pytest.mark.parametrize("argv", [["set-user", "u"], ["change-password", "u"],
+                                  ["login", "-i", "u"]])
+def test_a_password_without_a_terminal_says_use_password_file(argv: list[str]) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--path", "/nonexistent.sock", *argv], stdout=out, stderr=err,
+                stdin=io.StringIO("not read\n")) == 1
+    assert err.getvalue().count("\n") == 1
+    assert "no terminal" in err.getvalue() and "--password-file" in err.getvalue()

@@ -120,11 +120,15 @@ def test_user_lifecycle_and_its_own_token(pymap: PymapServer, tmp_path: Path) ->
     assert created.status == 0 and f'user: "{user}"' in created.stdout
     again = run(*via(pymap), "set-user", "--no-overwrite", "--no-password", user)
     assert again.status == 1 and "CannotReplaceUser" in again.stderr
-    before = run(*via(pymap), "get-user", user).stdout
+    before = run(*via(pymap), "get-user", "--show-password-hash", user).stdout
 
     changed = run(*via(pymap), "change-password", "--password-file", str(second), user)
     assert changed.status == 0
-    after = run(*via(pymap), "get-user", user).stdout
+    assert "password:" not in changed.stdout and "password:" not in created.stdout
+    hidden = run(*via(pymap), "get-user", user).stdout
+    assert "password:" not in hidden and 'roles: "r1"' in hidden
+    assert not hidden.endswith("\n\n")  # no trailing blank line
+    after = run(*via(pymap), "get-user", "--show-password-hash", user).stdout
     assert 'roles: "r1"' in after and 'key: "k"' in after and 'value: "v"' in after
     hashes = [re.search(r'password: "(.*)"', text) for text in (before, after)]
     assert hashes[0] and hashes[1] and hashes[0].group(1) != hashes[1].group(1)

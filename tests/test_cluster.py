@@ -35,6 +35,7 @@ from pymap_admin import (
 )
 from pymap_admin.settings import EndpointAddress, load_settings
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
+from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
 from .lmtp_client import LMTPClient, tcp_port
@@ -69,7 +70,8 @@ async def delivery_agent(settings: ConnectionSettings
                          ) -> AsyncIterator[tuple[DeliveryServer, AdminClient]]:
     async with AdminClient(settings) as client:
         backend = PymapBackend(client, DeliveryOptions(hostname=HOST))
-        agent = DeliveryServer(backend, ServerConfig(tcp=[TcpEndpoint(port=0)], hostname=HOST))
+        config = ServerConfig(tcp=[TcpEndpoint(port=0)], lmtp=LMTPOptions(hostname=HOST))
+        agent = DeliveryServer(backend, config)
         async with agent:
             yield agent, client
 

@@ -81,9 +81,11 @@ def test_config_file_values_and_the_command_line_beats_the_file(tmp_path: Path) 
                                  TcpEndpoint(host="::1", port=2425))
     assert config.server.unix[0].mode == 0o600 and config.server.unix[0].owner == "root"
     assert config.server.max_connections == 8  # the command line wins
-    assert config.server.hostname == "mx.example.com" and config.server.max_recipients == 50
-    assert not config.delivery.check_recipients and not config.delivery.defer_unreachable_at_rcpt
-    assert config.delivery.rules.delimiter == "+" and config.delivery.max_in_flight == 9
+    assert config.server.hostname == "mx.example.com" and config.server.lmtp.max_recipients == 50
+    delivery = config.server.delivery
+    assert delivery is not None and delivery.hostname == "mx.example.com"
+    assert not delivery.check_recipients and not delivery.defer_unreachable_at_rcpt
+    assert delivery.rules.delimiter == "+" and delivery.max_in_flight == 9
     assert config.connection["timeout"] == 12.5 and config.connection["tls"] is False
     assert config["metrics"] == TcpEndpoint(host="127.0.0.1", port=9124)
     assert config["log_target"] == "journald" and config["user"] == "nobody"
@@ -114,7 +116,7 @@ def test_the_command_line_alone_prints_as_a_config_file(tmp_path: Path) -> None:
     conf = tmp_path / "c.conf"
     conf.write_text(printed)
     _, config = load(["--config", str(conf)], environ={})
-    assert not config.delivery.check_recipients
+    assert config.server.delivery is not None and not config.server.delivery.check_recipients
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -191,4 +193,5 @@ def test_the_contrib_example_is_valid() -> None:
     status, _, err = run_main("--config", str(example), "--check-config")
     assert status == 0, err
     _, config = load(["--config", str(example)], environ={})
-    assert config.server.unix[0].owner == "postfix" and config.delivery.rules.local_part_only
+    assert config.server.unix[0].owner == "postfix"
+    assert config.server.delivery is not None and config.server.delivery.rules.local_part_only

@@ -17,6 +17,7 @@ from pathlib import Path
 from devstack.localpymap import DEMO_USER, PymapServer, free_port
 from pymap_admin import AdminClient
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
+from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.recipients import RecipientRules
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
@@ -39,7 +40,8 @@ async def deliver_agent(server: PymapServer, **options: object
                         ) -> AsyncIterator[tuple[DeliveryServer, PymapBackend]]:
     async with AdminClient(socket_settings(server, timeout=10.0)) as client:
         backend = PymapBackend(client, DeliveryOptions(hostname=HOST, **options))  # type: ignore[arg-type]
-        agent = DeliveryServer(backend, ServerConfig(tcp=[TcpEndpoint(port=0)], hostname=HOST))
+        config = ServerConfig(tcp=[TcpEndpoint(port=0)], lmtp=LMTPOptions(hostname=HOST))
+        agent = DeliveryServer(backend, config)
         async with agent:
             yield agent, backend
 

@@ -427,7 +427,7 @@ async def test_pipelined_batch() -> None:
 
 async def test_pipelined_then_half_closed() -> None:
     # A client may send everything and shut down its side; every reply must
-    # still arrive (aiosmtpd alone would drop the session at EOF).
+    # still arrive before the session closes.
     backend = ScriptedBackend()
     async with running_server(backend) as server:
         client = await LMTPClient.tcp("127.0.0.1", tcp_port(server))

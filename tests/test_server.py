@@ -19,6 +19,7 @@ import pytest
 
 from pymap_admin.outcomes import Reply as ServerReply
 from pymap_deliver.lmtp import IncomingMessage
+from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.server import (
     DeliveryServer,
     ServerConfig,
@@ -162,7 +163,8 @@ async def test_unix_path_that_is_not_a_socket_is_left_alone(tmp_path: Path) -> N
     path = tmp_path / "important.txt"
     path.write_text("keep me")
     server = DeliveryServer(
-        ScriptedBackend(), ServerConfig(unix=[UnixEndpoint(path=str(path))], hostname="x")
+        ScriptedBackend(), ServerConfig(unix=[UnixEndpoint(path=str(path))],
+                                   lmtp=LMTPOptions(hostname="x"))
     )
     with pytest.raises(FileExistsError):
         await server.start()
@@ -170,7 +172,7 @@ async def test_unix_path_that_is_not_a_socket_is_left_alone(tmp_path: Path) -> N
 
 
 async def test_nothing_to_listen_on() -> None:
-    server = DeliveryServer(ScriptedBackend(), ServerConfig(hostname="x"))
+    server = DeliveryServer(ScriptedBackend(), ServerConfig(lmtp=LMTPOptions(hostname="x")))
     with pytest.raises(ValueError, match="nothing to listen on"):
         await server.start()
 
@@ -179,9 +181,9 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="max_connections"):
         ServerConfig(max_connections=0)
     with pytest.raises(ValueError, match="hostname"):
-        ServerConfig(hostname="bad\r\nname")
+        ServerConfig(lmtp=LMTPOptions(hostname="bad\r\nname"))
     with pytest.raises(ValueError, match="line_length_limit"):
-        ServerConfig(line_length_limit=100)
+        LMTPOptions(hostname="x", line_length_limit=100)
 
 
 # -- systemd socket activation ---------------------------------------------------
@@ -201,6 +203,7 @@ def test_systemd_without_env() -> None:
 _CHILD = """
 import asyncio, logging, sys
 from pymap_admin.outcomes import Reply
+from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.server import DeliveryServer, ServerConfig, install_signal_handlers
 
 class Backend:
@@ -211,7 +214,7 @@ class Backend:
         return [Reply(250, "2.0.0", "Message delivered")] * len(message.recipients)
 
 async def main():
-    config = ServerConfig(use_systemd_sockets=True, hostname="child.test")
+    config = ServerConfig(use_systemd_sockets=True, lmtp=LMTPOptions(hostname="child.test"))
     server = DeliveryServer(Backend(), config)
     await server.start()
     install_signal_handlers(asyncio.get_running_loop(), server)
@@ -365,7 +368,7 @@ async def test_stop_waits_for_delivery_of_a_vanished_client() -> None:
 
 async def test_stop_with_no_sessions() -> None:
     server = DeliveryServer(
-        ScriptedBackend(), ServerConfig(tcp=[TcpEndpoint(port=0)], hostname="x")
+        ScriptedBackend(), ServerConfig(tcp=[TcpEndpoint(port=0)], lmtp=LMTPOptions(hostname="x"))
     )
     await server.start()
     server.stop()

@@ -95,3 +95,26 @@ def test_tls_context_honours_no_verify_and_reports_bad_files(tmp_path: Path) -> 
 
 def test_token_is_not_in_repr() -> None:
     assert "secret-token" not in repr(ConnectionSettings(token="secret-token"))
+
+
+def test_missing_tls_files_are_named(tmp_path: Path) -> None:
+    import io
+
+    from pymap_admin.cli.main import main
+
+    missing = tmp_path / "missing-ca.pem"
+    with pytest.raises(ConfigurationError, match=f"TLS cafile not found: {missing}"):
+        ConnectionSettings(host="h", cafile=missing).ssl_context()
+    err = io.StringIO()
+    assert main(["--host", "127.0.0.1", "--port", "1", "--cafile", str(missing), "ping"],
+                stdout=io.StringIO(), stderr=err) == 1
+    assert err.getvalue() == f"pymap-admin: ping: TLS cafile not found: {missing}\n"
+
+
+def test_a_connection_closed_without_a_reason_says_so() -> None:
+    from pymap_admin.errors import map_os_error
+
+    message = str(map_os_error(ConnectionResetError(), "https://h:50051"))
+    assert message.startswith("connection to https://h:50051 broken: ConnectionResetError: "
+                              "the server closed the connection")
+    assert "--cert" in message

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Generic, NamedTuple, TextIO, TypeVar
 
 from ..errors import AdminError
-from .args import PROG, CommandOptions, GlobalOptions, Options
+from .args import PROG, GlobalOptions, Options
 
 if TYPE_CHECKING:
     from ..client import AdminClient
     from ..settings import ConnectionSettings
 
-__all__ = ["Command", "Field", "Streams", "Symbol", "read_secret_file", "text_format",
-           "write_private"]
+__all__ = ["Command", "Field", "Streams", "Symbol", "ask_secret", "read_secret_file",
+           "text_format", "write_private"]
 
-_O = TypeVar("_O", bound=CommandOptions)
+_O = TypeVar("_O", bound="tuple[Any, ...]")
 
 class Symbol(str):
     """An enum value: printed without quotes (``status: SERVING``)."""
@@ -100,6 +100,18 @@ def result_fields(response: str) -> list[Field]:
     return [("result", [("response", response)])] if response else []
 
 
+def ask_secret(command: Command[Any], prompt: str) -> str:
+    """A password typed on the terminal, without echo. Without a terminal
+    (a script, a pipe) say how to give it instead of reading stdin."""
+    stdin = command.streams.stdin
+    if not (hasattr(stdin, "isatty") and stdin.isatty()):
+        raise ValueError("no terminal to ask the password on: use --password-file FILE "
+                         "(or --no-password)")
+    import getpass
+
+    return getpass.getpass(prompt, stream=command.streams.stderr)
+
+
 def read_secret_file(path: Path) -> str:
     """The first line of a password file, without its line ending."""
     try:
@@ -133,7 +145,7 @@ class Command(Generic[_O]):
     def __init__(self, options: Options, streams: Streams) -> None:
         self.name = options.command
         self.globals: GlobalOptions = options.globals
-        self.options: _O = options.options  # type: ignore[assignment]
+        self.options: _O = options.options
         self.streams = streams
 
     # --- running ----------------------------------------------------------
@@ -175,8 +187,9 @@ class Command(Generic[_O]):
         if self.globals.json:
             self.print(dumps(data) + "\n")
         else:
-            # The published client print()s the message: text format and a blank line.
-            self.print(text_format(fields) + "\n")
+            # The published client print()s the message, which adds a blank
+            # line; ours ends with the last field.
+            self.print(text_format(fields))
 
     def describe(self, exc: BaseException) -> str:
         if isinstance(exc, OSError) and exc.filename is not None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from configparser import ConfigParser
 from io import StringIO
+from typing import Any, NamedTuple
 
 from ..settings import CONFIG_KEYS, CONFIG_NAME, CONFIG_SECTION, config_home
-from .args import SaveArgsOptions
+from .args import CommandSpec
 from .base import Command, write_private
 
-__all__ = ["SaveArgsCommand"]
+__all__ = ["SPECS", "SaveArgsCommand", "SaveArgsOptions"]
+
+
+class SaveArgsOptions(NamedTuple):
+    pass
 
 
 class SaveArgsCommand(Command[SaveArgsOptions]):
@@ -45,3 +50,14 @@ class SaveArgsCommand(Command[SaveArgsOptions]):
         if not self.globals.json:
             print("Config file written:", path, file=self.streams.stdout)
         return 0
+
+
+def _options(ns: Any, error: Any) -> tuple[str, SaveArgsOptions, type[SaveArgsCommand]]:
+    return "save-args", SaveArgsOptions(), SaveArgsCommand
+
+
+SPECS = {"save-args": CommandSpec(
+    "save connection arguments to config file",
+    "Save the connection options given before the command (--host, --port, --path, ...) "
+    "to ~/.config/pymap/pymap-admin.conf (mode 0600).",
+    lambda parser, common: None, _options)}

@@ -12,18 +12,34 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import IO, TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ConfigurationError
 from ..message import crlf
 from ..outcomes import ExitStatus, Outcome, delivered, outcome_for_error, too_big
-from .args import AppendOptions
+from .args import CommandSpec, size
 from .base import EXPECTED, Command, Field, dumps, result_fields, text_format
 
 if TYPE_CHECKING:
     from ..client import AdminClient
 
-__all__ = ["AppendCommand", "crlf", "null_sender", "read_message"]
+__all__ = ["DEFAULT_MAX_SIZE", "SPECS", "AppendCommand", "AppendOptions", "crlf", "null_sender",
+           "read_message"]
+
+#: Largest message ``append`` sends, as pymap-deliver's LMTP SIZE limit.
+DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+
+
+class AppendOptions(NamedTuple):
+    username: str
+    sender: str | None = None
+    recipient: str | None = None
+    mailbox: str | None = None
+    timestamp: float | None = None
+    data: Path | None = None
+    flags: tuple[str, ...] = ()
+    max_size: int = DEFAULT_MAX_SIZE
 
 #: A leading mbox ``From `` line longer than this is not one.
 _FROM_LINE_LIMIT = 64 * 1024
@@ -172,3 +188,42 @@ class AppendCommand(Command[AppendOptions]):
             return asyncio.run(self.execute())
         except BaseException as exc:  # KeyboardInterrupt, SystemExit, MemoryError
             return self._failed(exc)
+
+
+def _arguments(append: Any, common: Any) -> None:
+    append.add_argument("--from", metavar="ADDRESS", dest="sender",
+                        help="the message envelope sender (MAILER-DAEMON or empty: "
+                             "the null sender)")
+    append.add_argument("--to", metavar="ADDRESS", dest="recipient",
+                        help="the message envelope recipient")
+    append.add_argument("--mailbox", metavar="NAME", help="the mailbox name (default: INBOX)")
+    append.add_argument("--timestamp", metavar="SECONDS", type=float,
+                        help="the message timestamp (default: now)")
+    append.add_argument("--data", metavar="FILE", type=Path,
+                        help="the message data (default: stdin)")
+    append.add_argument("--max-size", metavar="BYTES", type=size, default=DEFAULT_MAX_SIZE,
+                        help="refuse larger messages with 5.3.4 (default: 64 MiB; 0: no limit)")
+    append.add_argument("username", help="the user name")
+    flags = append.add_argument_group("message flags")
+    flags.add_argument("--flag", dest="flags", action="append", metavar="VAL",
+                       help="a message flag or keyword")
+    for flag in ("flagged", "seen", "draft", "deleted", "answered"):
+        flags.add_argument(f"--{flag}", dest="flags", action="append_const",
+                           const="\\" + flag.capitalize(), help=f"the message is {flag}")
+
+
+def _options(ns: Any, error: Any) -> tuple[str, AppendOptions, type[AppendCommand]]:
+    return "append", AppendOptions(
+        username=ns.username, sender=ns.sender, recipient=ns.recipient, mailbox=ns.mailbox,
+        timestamp=ns.timestamp, data=ns.data, flags=tuple(ns.flags or ()),
+        max_size=ns.max_size), AppendCommand
+
+
+SPECS = {"append": CommandSpec(
+    "append a message to a mailbox",
+    "Deliver a message to a user's mailbox, as an MTA's delivery agent. The first line on "
+    "stdout is the enhanced status (2.0.0 Message delivered, 5.1.1 User unknown, 4.4.1 "
+    "...); details go to stderr; the exit status is 0, 67 (no such user), 77 (rejected), "
+    "65 (too big) or 75 (try again later, also for any mistake on this command line). A "
+    "leading mbox 'From ' line is removed and UNIX line endings become CRLF.",
+    _arguments, _options)}

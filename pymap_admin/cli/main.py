@@ -1,8 +1,11 @@
 """``pymap-admin``: parse the command line, run the one chosen command.
 
-Only the chosen command's module is imported. Exit statuses: 0 success, 1
-failure, ``check`` 1 when not serving, ``append`` the outcome table's
-sysexits (0, 65, 67, 75, 77), and 75 for any mistake on the command line.
+Only the chosen command's module is imported. Exit statuses, all from
+:class:`pymap_admin.outcomes.ExitStatus`: 0 success, 1 failure (``check``:
+not serving), ``append`` the outcome table's sysexits (0, 65, 67, 75, 77);
+a mistake on the command line 64 (EX_USAGE), except for ``append`` (or a
+command line whose command cannot be told), where it is 75 (EX_TEMPFAIL) so
+that an MTA defers the mail instead of bouncing it.
 """
 
 from __future__ import annotations
@@ -10,10 +13,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from contextlib import redirect_stderr, redirect_stdout
-from importlib import import_module
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
-from .args import COMMANDS, PROG, USAGE_EXIT_STATUS, UsageError, parse_args
+from ..outcomes import ExitStatus
+from .args import COMMANDS, PROG, UsageError, command_name, parse_args
 from .base import Command, Streams
 
 if TYPE_CHECKING:
@@ -23,9 +26,11 @@ __all__ = ["main"]
 
 
 def _usage_error(exc: UsageError, argv: Sequence[str], streams: Streams) -> int:
-    if exc.usage:
-        streams.stderr.write(exc.usage)
-    print(f"{PROG}: error: {exc.message}", file=streams.stderr)
+    command = exc.command or command_name(argv)
+    helping = f"{PROG} {command} --help" if command else f"{PROG} --help"
+    print(f"{PROG}: error: {exc.message} (see {helping})", file=streams.stderr)
+    if command in COMMANDS and command != "append" and "append" not in argv:
+        return ExitStatus.USAGE
     if "append" in argv:
         # An MTA reads the first line of output: say "try again later" in
         # its language too, from the outcome table.
@@ -34,7 +39,7 @@ def _usage_error(exc: UsageError, argv: Sequence[str], streams: Streams) -> int:
 
         outcome = outcome_for_error(ConfigurationError(f"command line: {exc.message}"))
         print(outcome.status_text, file=streams.stdout)
-    return USAGE_EXIT_STATUS
+    return ExitStatus.TEMPFAIL
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
@@ -59,8 +64,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         configure_logging(logging.DEBUG, streams.stderr)
     else:
         held = _hold_warnings(streams.stderr)
-    module, name = COMMANDS[options.command]
-    command_class: type[Command[Any]] = getattr(import_module(f"{__package__}.{module}"), name)
+    command_class: type[Command[Any]] = options.runner
     try:
         status = command_class(options, streams).run()
     finally:
@@ -98,9 +102,15 @@ def _exit_now(status: int) -> None:
     """Leave without the interpreter's finalization, which costs a delivery
     ~18 ms of CPU (a fifth of it) tearing down modules it will never use
     again. Only as the console script: everything is written and closed by
-    now, and the output streams are flushed here."""
+    now, and the output streams are flushed here.
+
+    ``PYMAP_ADMIN_FAST_EXIT=no`` switches this off (for a profiler, a
+    coverage tool or an ``atexit`` handler that must run)."""
     import os
 
+    if os.environ.get("PYMAP_ADMIN_FAST_EXIT", "").strip().lower() in ("0", "no", "false",
+                                                                        "off"):
+        return
     try:
         sys.stdout.flush()
         sys.stderr.flush()

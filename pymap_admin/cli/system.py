@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+import argparse
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from ..errors import UnexpectedStatus
-from .args import CheckOptions, LoginOptions, PingOptions
-from .base import Command, Symbol, read_secret_file, result_fields, text_format, write_private
+from .args import CommandSpec, timestamp
+from .base import (
+    Command,
+    Symbol,
+    ask_secret,
+    read_secret_file,
+    result_fields,
+    text_format,
+    write_private,
+)
 
-__all__ = ["CheckCommand", "LoginCommand", "PingCommand"]
+__all__ = ["SPECS", "CheckCommand", "CheckOptions", "LoginCommand", "LoginOptions",
+           "PingCommand", "PingOptions"]
+
+
+class LoginOptions(NamedTuple):
+    user: str
+    token: bool = False
+    password: str | None = None
+    password_file: Path | None = None
+    ask_password: bool = False
+    save: bool = False
+    authzid: str | None = None
+    expiration: float | None = None
+
+
+class PingOptions(NamedTuple):
+    pass
+
+
+class CheckOptions(NamedTuple):
+    service: str = ""
 
 
 class PingCommand(Command[PingOptions]):
@@ -58,9 +89,7 @@ class LoginCommand(Command[LoginOptions]):
         if options.password_file is not None:
             return read_secret_file(options.password_file)
         if options.ask_password:
-            import getpass
-
-            return getpass.getpass(f"{options.user} Password: ", stream=self.streams.stderr)
+            return ask_secret(self, f"{options.user} Password: ")
         return options.password
 
     async def execute(self) -> int:
@@ -83,3 +112,45 @@ class LoginCommand(Command[LoginOptions]):
         if saved is not None:
             print(f"Token file written: {saved}", file=self.streams.stderr)
         return 0
+
+
+def _login_arguments(login: argparse.ArgumentParser, common: Any) -> None:
+    login.add_argument("-s", "--save", action="store_true", help="save the login token")
+    login.add_argument("-z", "--authzid", metavar="NAME", help="authorization identity name")
+    login.add_argument("--expiration", metavar="TIMESTAMP", type=timestamp,
+                       help="token expiration (UNIX time or ISO-8601)")
+    secret = login.add_mutually_exclusive_group(required=True)
+    secret.add_argument("-t", "--token", action="store_true",
+                        help="use token authentication to login")
+    secret.add_argument("--password", metavar="VAL", help="login password")
+    secret.add_argument("--password-file", metavar="PATH", type=Path,
+                        help="file containing login password (first line)")
+    secret.add_argument("-i", "--ask-password", action="store_true",
+                        help="read login password from terminal")
+    login.add_argument("user", help="login username")
+
+
+def _check_arguments(check: argparse.ArgumentParser, common: Any) -> None:
+    check.add_argument("service", nargs="?", default="",
+                       help="the service name, if any (e.g. pymap.backend)")
+
+
+SPECS = {
+    "login": CommandSpec(
+        "login as a user",
+        "Log in as a user and print a bearer token; -s saves it (mode 0600) for later "
+        "commands.", _login_arguments,
+        lambda ns, error: ("login", LoginOptions(
+            user=ns.user, token=ns.token, password=ns.password,
+            password_file=ns.password_file, ask_password=ns.ask_password, save=ns.save,
+            authzid=ns.authzid, expiration=ns.expiration), LoginCommand)),
+    "ping": CommandSpec(
+        "ping the server", "Ping the server: print its pymap version.",
+        lambda parser, common: None,
+        lambda ns, error: ("ping", PingOptions(), PingCommand)),
+    "check": CommandSpec(
+        "check the server health",
+        "Check the health of the server; exit 0 when SERVING, 1 otherwise.",
+        _check_arguments,
+        lambda ns, error: ("check", CheckOptions(service=ns.service), CheckCommand)),
+}

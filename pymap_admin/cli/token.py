@@ -11,14 +11,28 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from ..errors import ConfigurationError
 from ..tokens import TokenSource, attenuate, inspect_token
-from .args import TokenAttenuateOptions, TokenShowOptions
+from .args import CommandSpec, duration, timestamp
 from .base import Command, Field, write_private
 
-__all__ = ["TokenAttenuateCommand", "TokenShowCommand"]
+__all__ = ["SPECS", "TokenAttenuateCommand", "TokenAttenuateOptions", "TokenShowCommand",
+           "TokenShowOptions"]
+
+
+class TokenShowOptions(NamedTuple):
+    stdin: bool = False
+
+
+class TokenAttenuateOptions(NamedTuple):
+    user: str | None = None
+    expires: float | None = None
+    lifetime: float | None = None
+    stdin: bool = False
+    output: Path | None = None
 
 
 def _token(command: Command[Any], from_stdin: bool) -> str:
@@ -84,3 +98,43 @@ class TokenAttenuateCommand(Command[TokenAttenuateOptions]):
             self.emit([("bearer_token", narrowed)],
                       {"bearer_token": narrowed, "authzid": options.user, "expires": shown})
         return 0
+
+
+def _arguments(token: Any, common: Any) -> None:
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION",
+                                     parser_class=type(token))
+    token_sub.required = True
+    show = token_sub.add_parser(
+        "show", parents=common, help="show what a token allows",
+        description="Show a token's kind, user, caveats and expiry (never its signature). "
+                    "The token is the one other commands would use, or read from stdin.")
+    show.add_argument("--stdin", action="store_true", help="read the token from stdin")
+    narrow = token_sub.add_parser(
+        "attenuate", parents=common, help="make a narrower token",
+        description="Print a narrower token: only for one user and/or only until a time. "
+                    "The token is the one other commands would use, or read from stdin.")
+    narrow.add_argument("--user", metavar="USER",
+                        help="the token only acts as this user (authzid caveat)")
+    until = narrow.add_mutually_exclusive_group()
+    until.add_argument("--expires", metavar="TIMESTAMP", type=timestamp,
+                       help="the token expires at this time (UNIX time or ISO-8601)")
+    until.add_argument("--lifetime", metavar="DURATION", type=duration,
+                       help="the token expires after this long (3600, 30m, 12h, 1d, ...)")
+    narrow.add_argument("--stdin", action="store_true", help="read the token from stdin")
+    narrow.add_argument("-o", "--output", metavar="FILE", type=Path,
+                        help="write the token to FILE (mode 0600) instead of stdout")
+
+
+def _options(ns: Any, error: Any) -> tuple[str, Any, Any]:
+    if ns.token_command == "show":
+        return "token show", TokenShowOptions(stdin=ns.stdin), TokenShowCommand
+    if ns.user is None and ns.expires is None and ns.lifetime is None:
+        error("token attenuate: give --user, --expires or --lifetime")
+    return "token attenuate", TokenAttenuateOptions(
+        user=ns.user, expires=ns.expires, lifetime=ns.lifetime, stdin=ns.stdin,
+        output=ns.output), TokenAttenuateCommand
+
+
+SPECS = {"token": CommandSpec(
+    "inspect or narrow a token",
+    "Inspect or narrow an admin or login token, without the server.", _arguments, _options)}

@@ -2,31 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from ..client import UserInfo
-from .args import ChangePasswordOptions, DeleteUserOptions, GetUserOptions, SetUserOptions
-from .base import Command, Field, read_secret_file, result_fields
+from .args import CommandSpec, param
+from .base import Command, Field, ask_secret, read_secret_file, result_fields
 
-__all__ = ["ChangePasswordCommand", "DeleteUserCommand", "GetUserCommand", "SetUserCommand"]
+__all__ = ["SPECS", "ChangePasswordCommand", "ChangePasswordOptions", "DeleteUserCommand",
+           "DeleteUserOptions", "GetUserCommand", "GetUserOptions", "SetUserCommand",
+           "SetUserOptions"]
 
 
-def _fields(info: UserInfo) -> list[Field]:
+class GetUserOptions(NamedTuple):
+    user: str
+    show_password_hash: bool = False
+
+
+class SetUserOptions(NamedTuple):
+    user: str
+    overwrite: bool = True
+    password_file: Path | None = None
+    no_password: bool = False
+    params: tuple[tuple[str, str], ...] = ()
+    roles: tuple[str, ...] = ()
+    show_password_hash: bool = False
+
+
+class ChangePasswordOptions(NamedTuple):
+    user: str
+    password_file: Path | None = None
+    no_password: bool = False
+    show_password_hash: bool = False
+
+
+class DeleteUserOptions(NamedTuple):
+    user: str
+
+
+def _fields(info: UserInfo, show_hash: bool) -> list[Field]:
     fields: list[Field] = [*result_fields(info.response), ("user", info.user),
                            ("entity_tag", info.entity_tag)]
-    data: list[Field] = [("password", info.password)]
+    # The stored hash is a secret worth guessing at: shown only when asked.
+    data: list[Field] = [("password", info.password if show_hash else None)]
     data += [("roles", role) for role in info.roles]
     data += [("params", [("key", key), ("value", value)])
              for key, value in sorted(info.params.items())]
-    if info.password is not None or info.roles or info.params:
+    if (show_hash and info.password is not None) or info.roles or info.params:
         fields.append(("data", data))
     return fields
 
 
-def _data(info: UserInfo) -> dict[str, Any]:
+def _data(info: UserInfo, show_hash: bool) -> dict[str, Any]:
     return {"user": info.user, "entity_tag": info.entity_tag, "response": info.response,
-            "data": {"password": info.password, "roles": list(info.roles),
-                     "params": dict(info.params)}}
+            "data": {"password": info.password if show_hash else None,
+                     "roles": list(info.roles), "params": dict(info.params)}}
 
 
 def _new_password(command: Command[Any], options: SetUserOptions | ChangePasswordOptions
@@ -37,14 +67,12 @@ def _new_password(command: Command[Any], options: SetUserOptions | ChangePasswor
         return None
     if options.password_file is not None:
         return read_secret_file(options.password_file)
-    import getpass
-
-    return getpass.getpass(f"New password for {options.user}: ",
-                           stream=command.streams.stderr)
+    return ask_secret(command, f"New password for {options.user}: ")
 
 
 def _show(command: Command[Any], info: UserInfo) -> int:
-    command.emit(_fields(info), _data(info))
+    show_hash = bool(getattr(command.options, "show_password_hash", False))
+    command.emit(_fields(info, show_hash), _data(info, show_hash))
     return 0
 
 
@@ -87,3 +115,87 @@ class DeleteUserCommand(Command[DeleteUserOptions]):
             await client.delete_user(self.options.user)
         self.emit([("user", self.options.user)], {"user": self.options.user, "deleted": True})
         return 0
+
+
+def _user(parser: Any) -> None:
+    parser.add_argument("user", help="the user name")
+
+
+def _show_hash(parser: Any) -> None:
+    parser.add_argument("--show-password-hash", action="store_true",
+                        help="print the stored password hash too (hidden by default)")
+
+
+def _new_password_arguments(parser: Any) -> None:
+    parser.add_argument("--password-file", metavar="FILE", type=Path,
+                        help="read the password from a file (first line)")
+    parser.add_argument("--no-password", action="store_true",
+                        help="send the request with no password value")
+
+
+def _get_user_arguments(parser: Any, common: Any) -> None:
+    _show_hash(parser)
+    _user(parser)
+
+
+def _set_user_arguments(parser: Any, common: Any) -> None:
+    parser.add_argument("--no-overwrite", action="store_false", dest="overwrite",
+                        help="do not overwrite existing users")
+    _new_password_arguments(parser)
+    parser.add_argument("--param", action="append", dest="params", default=[],
+                        metavar="KEY=VAL", type=param,
+                        help="additional parameters for the request")
+    parser.add_argument("--role", action="append", dest="roles", default=[], metavar="ROLE",
+                        help="assigned roles for the user")
+    _show_hash(parser)
+    _user(parser)
+
+
+def _change_password_arguments(parser: Any, common: Any) -> None:
+    _new_password_arguments(parser)
+    _show_hash(parser)
+    _user(parser)
+
+
+def _one_password_source(ns: Any, error: Any) -> None:
+    if ns.password_file is not None and ns.no_password:
+        error("--password-file and --no-password exclude each other")
+
+
+def _set_user_options(ns: Any, error: Any) -> tuple[str, SetUserOptions, type[SetUserCommand]]:
+    _one_password_source(ns, error)
+    return "set-user", SetUserOptions(
+        user=ns.user, overwrite=ns.overwrite, password_file=ns.password_file,
+        no_password=ns.no_password, params=tuple(ns.params), roles=tuple(ns.roles),
+        show_password_hash=ns.show_password_hash), SetUserCommand
+
+
+def _change_password_options(ns: Any, error: Any
+                             ) -> tuple[str, ChangePasswordOptions, type[ChangePasswordCommand]]:
+    _one_password_source(ns, error)
+    return "change-password", ChangePasswordOptions(
+        user=ns.user, password_file=ns.password_file, no_password=ns.no_password,
+        show_password_hash=ns.show_password_hash), ChangePasswordCommand
+
+
+SPECS = {
+    "get-user": CommandSpec(
+        "get a user", "Print a user and its metadata (the password hash only with "
+        "--show-password-hash).", _get_user_arguments,
+        lambda ns, error: ("get-user", GetUserOptions(
+            user=ns.user, show_password_hash=ns.show_password_hash), GetUserCommand)),
+    "set-user": CommandSpec(
+        "add or overwrite a user",
+        "Set the metadata for a user, creating it if it does not exist. The password is "
+        "asked on the terminal unless --password-file or --no-password is given.",
+        _set_user_arguments, _set_user_options),
+    "change-password": CommandSpec(
+        "assign a new password to a user",
+        "Change a password for an existing user, without modifying any other metadata; a "
+        "concurrent change of the user is detected, not overwritten.",
+        _change_password_arguments, _change_password_options),
+    "delete-user": CommandSpec(
+        "delete a user", "Delete a user and its mail data.",
+        lambda parser, common: _user(parser),
+        lambda ns, error: ("delete-user", DeleteUserOptions(user=ns.user), DeleteUserCommand)),
+}
