@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from functools import lru_cache
 from typing import Final
 
 from . import errors
@@ -126,6 +127,9 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """The reply as sent: CRLF-terminated lines, each capped at 512 octets."""
+        return _encode(self)
+
+    def _encode(self) -> bytes:
         lines = (self.text, *self.more)
         last = len(lines) - 1
         out = []
@@ -134,6 +138,12 @@ class Reply:
             prefix = f"{self.code}{separator}{self.enhanced + ' ' if self.enhanced else ''}"
             out.append(_capped((prefix + text).encode("utf-8")) + b"\r\n")
         return b"".join(out)
+
+
+# Most replies are the same few values (the table's): encode each once.
+@lru_cache(maxsize=1024)
+def _encode(reply: Reply) -> bytes:
+    return reply._encode()
 
 
 class Replies:

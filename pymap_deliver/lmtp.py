@@ -290,9 +290,18 @@ class LMTPSession(asyncio.Protocol):
     async def _check(self, addresses: tuple[str, ...]) -> None:
         # All RCPTs the client pipelined are looked up at once; the core
         # answers them in order.
-        verdicts = await asyncio.gather(
-            *(self.backend.check_recipient(address) for address in addresses),
-            return_exceptions=True)
+        verdicts: list[Reply | BaseException | None]
+        if len(addresses) == 1:
+            # The common case (a client that waits for each reply): no
+            # gather, no task per lookup.
+            try:
+                verdicts = [await self.backend.check_recipient(addresses[0])]
+            except Exception as exc:
+                verdicts = [exc]
+        else:
+            verdicts = await asyncio.gather(
+                *(self.backend.check_recipient(address) for address in addresses),
+                return_exceptions=True)
         sender = self._conn.sender if self._conn is not None else None
         for address, verdict in zip(addresses, verdicts, strict=True):
             if isinstance(verdict, BaseException):
