@@ -284,3 +284,23 @@ def test_logfmt_quoting_round_trips(value: str, quoted: str) -> None:
     assert quote(value) == quoted
     assert parse(f"k={quoted} next=1") == {"k": value, "next": "1"}
 
+
+
+async def test_hup_reopens_the_log_file(tmp_path: Path) -> None:
+    absent = PymapServer(workdir=tmp_path / "never-started")
+    token = tmp_path / "token"
+    token.write_text("not-a-real-token\n")
+    log_file = tmp_path / "pymap-deliver.log"
+    async with daemon(absent, tmp_path, "--token-file", str(token),
+                      "--log-file", str(log_file)) as agent:
+        assert "msg=listening" in log_file.read_text()
+        log_file.rename(tmp_path / "pymap-deliver.log.1")  # what logrotate does
+        agent.process.send_signal(signal.SIGHUP)
+        for _ in range(600):
+            if log_file.exists() and "msg=reloaded" in log_file.read_text():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("no new log file after SIGHUP")
+    assert "msg=reloaded" not in (tmp_path / "pymap-deliver.log.1").read_text()
+    assert "msg=stopping" in log_file.read_text()
