@@ -375,7 +375,8 @@ class LoginTokens:
             return None
         self.stats.mints += 1
         self._unproven.add(token)
-        log.debug("user=%s minted a login token", user)
+        # Rare (once per user) and it adds a record to pymap's token store.
+        log.info("user=%s minted a login token", user)
         self._remember(user, token)
         if self._folder is not None:
             try:
