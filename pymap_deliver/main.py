@@ -212,9 +212,16 @@ class Daemon:
             return
         changed = sorted(name for name in new.values if new[name] != old[name])
         ignored = [name for name in changed if name in RESTART_ONLY]
-        if ignored:
+        not_applied = list(ignored)
+        if settings != self.settings:
+            # The client and its connections were made from the old settings.
+            connection = [name for name in changed
+                          if name in new.connection or name == "admin_config"]
+            ignored += connection
+            not_applied += connection or ["pymap connection"]
+        if not_applied:
             log.warning(event("reload: not applied, that takes a restart",
-                        options=",".join(ignored)))
+                              options=",".join(not_applied)))
         level = getattr(logging, new["log_level"])
         logging.getLogger().setLevel(level)
         reopen_files()
@@ -225,9 +232,6 @@ class Daemon:
             use_systemd_sockets=old.server.use_systemd_sockets))
         assert new.server.delivery is not None
         self.backend.reconfigure(new.server.delivery)
-        if settings != self.settings:
-            log.warning(event("reload: not applied, that takes a restart",
-                        options="pymap connection"))
         assert self.client is not None
         try:
             renewed = self.client.tokens.reload()

@@ -195,3 +195,12 @@ def test_the_contrib_example_is_valid() -> None:
     _, config = load(["--config", str(example)], environ={})
     assert config.server.unix[0].owner == "postfix"
     assert config.server.delivery is not None and config.server.delivery.rules.local_part_only
+
+
+def test_the_daemon_does_not_import_the_admin_cli() -> None:
+    code = ("import sys; from pymap_deliver.main import parse_args; "
+            "parse_args(['--listen', '24']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] == ['pymap_admin', 'cli']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"

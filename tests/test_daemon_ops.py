@@ -87,7 +87,8 @@ def message(tag: str) -> bytes:
 async def test_hup_applies_a_changed_config_without_dropping_a_session_in_data(
         pymap: PymapServer, tmp_path: Path) -> None:
     conf = tmp_path / "pymap-deliver.conf"
-    conf.write_text("[lmtp]\nhostname = before.test\nmax_recipients = 5\n")
+    conf.write_text("[lmtp]\nhostname = before.test\nmax_recipients = 5\n"
+                    "[pymap]\ntimeout = 30\n")
     tag = uuid.uuid4().hex
     async with daemon(pymap, tmp_path, "--config", str(conf)) as agent:
         old = await agent.client()
@@ -99,9 +100,14 @@ async def test_hup_applies_a_changed_config_without_dropping_a_session_in_data(
         await old.send(data[:len(data) // 2])
 
         # Mid-DATA: a new config file, and SIGHUP.
-        conf.write_text("[lmtp]\nhostname = after.test\nmax_recipients = 1\n")
+        conf.write_text("[lmtp]\nhostname = after.test\nmax_recipients = 1\n"
+                        "[pymap]\ntimeout = 20\n")
         agent.process.send_signal(signal.SIGHUP)
-        await agent.wait_for_line(r"msg=reloaded .*changed=hostname,max_recipients")
+        text = await agent.wait_for_line(
+            r"msg=reloaded .*changed=hostname,max_recipients,timeout")
+        # The client was made from the old connection settings: said, not hidden.
+        assert re.search(r'msg="reload: not applied, that takes a restart" options=timeout',
+                         text), text
         new = await agent.client()
         assert new.greeting is not None and "after.test" in new.greeting.text
         assert (await new.command("MAIL FROM:<s@example.com>")).code == 250
@@ -284,3 +290,23 @@ def test_logfmt_quoting_round_trips(value: str, quoted: str) -> None:
     assert quote(value) == quoted
     assert parse(f"k={quoted} next=1") == {"k": value, "next": "1"}
 
+
+
+async def test_hup_reopens_the_log_file(tmp_path: Path) -> None:
+    absent = PymapServer(workdir=tmp_path / "never-started")
+    token = tmp_path / "token"
+    token.write_text("not-a-real-token\n")
+    log_file = tmp_path / "pymap-deliver.log"
+    async with daemon(absent, tmp_path, "--token-file", str(token),
+                      "--log-file", str(log_file)) as agent:
+        assert "msg=listening" in log_file.read_text()
+        log_file.rename(tmp_path / "pymap-deliver.log.1")  # what logrotate does
+        agent.process.send_signal(signal.SIGHUP)
+        for _ in range(600):
+            if log_file.exists() and "msg=reloaded" in log_file.read_text():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("no new log file after SIGHUP")
+    assert "msg=reloaded" not in (tmp_path / "pymap-deliver.log.1").read_text()
+    assert "msg=stopping" in log_file.read_text()

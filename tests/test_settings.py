@@ -118,3 +118,14 @@ def test_a_connection_closed_without_a_reason_says_so() -> None:
     assert message.startswith("connection to https://h:50051 broken: ConnectionResetError: "
                               "the server closed the connection")
     assert "--cert" in message
+
+
+def test_unknown_keys_and_sections_in_pymap_admin_conf_are_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    conf = tmp_path / "pymap-admin.conf"
+    conf.write_text("[pymap-admin]\nhots = typo.example\nport = 1234\n\n[pymap_admin]\nx = 1\n")
+    settings = load_settings(config_file=conf, environ={})
+    assert settings.port == 1234 and settings.host is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"{conf} line 2: unknown key 'hots'" in w for w in warnings), warnings
+    assert any(f"{conf} line 5: unknown section [pymap_admin]" in w for w in warnings), warnings

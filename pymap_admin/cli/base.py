@@ -100,6 +100,15 @@ def result_fields(response: str) -> list[Field]:
     return [("result", [("response", response)])] if response else []
 
 
+def result_message(response: str) -> dict[str, Any]:
+    """``result=`` for a response message: only when there is something to say."""
+    if not response:
+        return {}
+    from ..grpc.admin_pb2 import Result
+
+    return {"result": Result(response=response.encode("utf-8"))}
+
+
 def ask_secret(command: Command[Any], prompt: str) -> str:
     """A password typed on the terminal, without echo. Without a terminal
     (a script, a pipe) say how to give it instead of reading stdin."""
@@ -182,10 +191,16 @@ class Command(Generic[_O]):
     def error(self, message: str) -> None:
         print(f"{PROG}: {self.name}: {message}", file=self.streams.stderr)
 
-    def emit(self, fields: Sequence[Field], data: dict[str, Any]) -> None:
-        """The answer: ``fields`` in text format, or ``data`` as JSON."""
+    def emit(self, fields: Sequence[Field] | Any, data: dict[str, Any]) -> None:
+        """The answer: a response message in protobuf's own text format (as
+        the published client prints it), ``fields`` for what is not a
+        server's response (token show), or ``data`` as JSON."""
         if self.globals.json:
             self.print(dumps(data) + "\n")
+        elif hasattr(fields, "ListFields"):
+            from google.protobuf import text_format as protobuf_text
+
+            self.print(protobuf_text.MessageToString(fields))  # type: ignore[arg-type]
         else:
             # The published client print()s the message, which adds a blank
             # line; ours ends with the last field.

@@ -14,8 +14,7 @@ from .base import (
     Symbol,
     ask_secret,
     read_secret_file,
-    result_fields,
-    text_format,
+    result_message,
     write_private,
 )
 
@@ -48,8 +47,11 @@ class PingCommand(Command[PingOptions]):
     async def execute(self) -> int:
         async with self.client() as client:
             ping = await client.ping()
-        self.emit([*result_fields(ping.response), ("pymap_version", ping.pymap_version),
-                   ("pymap_admin_version", ping.pymap_admin_version)],
+        from ..grpc.admin_pb2 import PingResponse
+
+        self.emit(PingResponse(**result_message(ping.response),
+                               pymap_version=ping.pymap_version,
+                               pymap_admin_version=ping.pymap_admin_version),
                   {"pymap_version": ping.pymap_version,
                    "pymap_admin_version": ping.pymap_admin_version,
                    "response": ping.response})
@@ -72,10 +74,14 @@ class CheckCommand(Command[CheckOptions]):
         if self.globals.json:
             self.emit([], {"service": self.options.service, "status": status,
                            "serving": serving})
-        elif serving:
-            self.print(text_format([("status", status)]) + "\n")
         else:
-            self.streams.stderr.write(text_format([("status", status)]) + "\n")
+            from google.protobuf import text_format as protobuf_text
+            from grpclib.health.v1.health_pb2 import HealthCheckResponse
+
+            answer = protobuf_text.MessageToString(HealthCheckResponse(
+                status=HealthCheckResponse.SERVING if serving
+                else HealthCheckResponse.NOT_SERVING))
+            (self.streams.stdout if serving else self.streams.stderr).write(answer)
         return 0 if serving else 1
 
 
@@ -106,7 +112,10 @@ class LoginCommand(Command[LoginOptions]):
 
             saved = config_home() / TOKEN_NAME
             write_private(saved, login.bearer_token + "\n")
-        self.emit([*result_fields(login.response), ("bearer_token", login.bearer_token)],
+        from ..grpc.admin_pb2 import LoginResponse
+
+        self.emit(LoginResponse(**result_message(login.response),
+                                bearer_token=login.bearer_token),
                   {"bearer_token": login.bearer_token, "response": login.response,
                    "token_file": str(saved) if saved else None})
         if saved is not None:

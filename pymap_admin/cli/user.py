@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from ..client import UserInfo
 from .args import CommandSpec, param
-from .base import Command, Field, ask_secret, read_secret_file, result_fields
+from .base import Command, ask_secret, read_secret_file, result_message
 
 __all__ = ["SPECS", "ChangePasswordCommand", "ChangePasswordOptions", "DeleteUserCommand",
            "DeleteUserOptions", "GetUserCommand", "GetUserOptions", "SetUserCommand",
@@ -40,17 +40,16 @@ class DeleteUserOptions(NamedTuple):
     user: str
 
 
-def _fields(info: UserInfo, show_hash: bool) -> list[Field]:
-    fields: list[Field] = [*result_fields(info.response), ("user", info.user),
-                           ("entity_tag", info.entity_tag)]
+def _message(info: UserInfo, show_hash: bool) -> Any:
+    """The UserResponse the server sent, as far as the client kept it."""
+    from ..grpc.admin_pb2 import UserData, UserResponse
+
     # The stored hash is a secret worth guessing at: shown only when asked.
-    data: list[Field] = [("password", info.password if show_hash else None)]
-    data += [("roles", role) for role in info.roles]
-    data += [("params", [("key", key), ("value", value)])
-             for key, value in sorted(info.params.items())]
-    if (show_hash and info.password is not None) or info.roles or info.params:
-        fields.append(("data", data))
-    return fields
+    password = info.password if show_hash else None
+    data = UserData(password=password, roles=info.roles, params=info.params)
+    return UserResponse(**result_message(info.response), user=info.user,
+                        entity_tag=info.entity_tag,
+                        data=data if data.ByteSize() else None)
 
 
 def _data(info: UserInfo, show_hash: bool) -> dict[str, Any]:
@@ -72,7 +71,7 @@ def _new_password(command: Command[Any], options: SetUserOptions | ChangePasswor
 
 def _show(command: Command[Any], info: UserInfo) -> int:
     show_hash = bool(getattr(command.options, "show_password_hash", False))
-    command.emit(_fields(info, show_hash), _data(info, show_hash))
+    command.emit(_message(info, show_hash), _data(info, show_hash))
     return 0
 
 
@@ -113,7 +112,10 @@ class DeleteUserCommand(Command[DeleteUserOptions]):
     async def execute(self) -> int:
         async with self.client() as client:
             await client.delete_user(self.options.user)
-        self.emit([("user", self.options.user)], {"user": self.options.user, "deleted": True})
+        from ..grpc.admin_pb2 import UserResponse
+
+        self.emit(UserResponse(user=self.options.user),
+                  {"user": self.options.user, "deleted": True})
         return 0
 
 
