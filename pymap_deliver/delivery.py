@@ -142,7 +142,7 @@ class PymapBackend:
         reply = await self._check_recipient(address)
         # hit: the user exists; miss: no such user; refused: not asked (4xx).
         self.stats.lookups["hit" if reply is None else
-                           "miss" if str(reply).startswith("5") else "refused"] += 1
+                           "miss" if reply.permanent else "refused"] += 1
         return reply
 
     async def _check_recipient(self, address: str) -> Reply | None:
