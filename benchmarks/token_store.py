@@ -101,7 +101,7 @@ class Run:
                 done = subprocess.run(
                     [str(program), "--debug", "--path", str(self.pymap.socket_path),
                      "--token-file", str(self.pymap.token_path), "append", user],
-                    input=data, capture_output=True, timeout=120)
+                    input=data, capture_output=True, env=env, timeout=120)
                 if done.returncode != 0:
                     raise RuntimeError(f"append failed: {done.stdout!r} "
                                        f"{done.stderr.decode(errors='replace')[-500:]}")
