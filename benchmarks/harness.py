@@ -138,7 +138,9 @@ class Deliver:
 
     def delivered(self) -> int:
         """Recipients answered 250, from the per-recipient log lines."""
-        return self.log.read_text(errors="replace").count(" status=250 ")
+        text = self.log.read_text(errors="replace")
+        # Plain and logfmt (quoted) forms of the per-recipient line.
+        return text.count(" status=250 ") + text.count(' status="250 ')
 
     def stop(self) -> int:
         if self.process.poll() is None:
