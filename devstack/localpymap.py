@@ -158,6 +158,25 @@ class PymapServer:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+        self.remove_stale_locks()
+
+    def remove_stale_locks(self) -> None:
+        """Delete the lock files a killed maildir server left behind.
+
+        pymap 0.36.7's maildir backend locks with files it creates and
+        deletes (``dovecot-uidlist.lock``, ``subscriptions.lock``,
+        ``pymap-etc-passwd.lock``, ...). A SIGKILL while one is held leaves it
+        on disk, and the next process treats it as held until it is 600 s
+        old: a SELECT of that mailbox waits ~10 s and fails, an Append to it
+        fails the same way. Nothing holds them once the process is dead, so
+        they go, as an operator's restart after a crash would do.
+        """
+        assert not self.running, "only a stopped server's locks are stale"
+        if len(self.backend) < 2 or self.backend[0] != "maildir":
+            return
+        for lock in Path(self.backend[1]).rglob("*.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
 
     def restart(self) -> None:
         self.stop()
