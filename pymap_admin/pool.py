@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import select
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -114,6 +115,39 @@ MethodOf = Callable[[Endpoint], Any]
 Metadata = Mapping[str, str] | Callable[[Endpoint], Mapping[str, str]]
 
 
+async def _drop_if_peer_gone(endpoint: Endpoint) -> None:
+    """Close ``endpoint``'s connection if the server has already closed its end.
+
+    When pymap restarts while this event loop is busy (or between two
+    loop turns), the old connection still looks open to grpclib: a call
+    would be written into it and fail with "Connection lost" after being
+    sent, i.e. as ambiguous, though no server could have read it. One
+    ``poll`` with no wait sees the hang-up first; the connection is then
+    closed so grpclib opens a new one for this call.
+    """
+    protocol = getattr(endpoint.channel, "_protocol", None)
+    if protocol is None or protocol.handler.connection_lost:
+        return
+    transport = getattr(getattr(protocol, "connection", None), "_transport", None)
+    if transport is None or not hasattr(select, "poll"):
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    hangup = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+    poller = select.poll()
+    poller.register(sock.fileno(), hangup)
+    if not any(events & hangup for _, events in poller.poll(0)):
+        return
+    log.info("endpoint=%s closed by the server; reconnecting", endpoint.target)
+    transport.abort()
+    # The transport reports the loss on a later loop turn (two for TLS).
+    for _ in range(4):
+        if protocol.handler.connection_lost:
+            break
+        await asyncio.sleep(0)
+
+
 class _Failed(Exception):
     """A transport failure, with whether the request had been sent."""
 
@@ -187,13 +221,22 @@ class EndpointPool:
         module describes. ``subject`` (a user name) only goes into logs."""
         if self.single:
             endpoint = self.endpoints[0]
-            endpoint.operations[operation] += 1
-            try:
-                return await self._attempt(endpoint, method, request, metadata, timeout)
-            except _Failed as failed:
-                if failed.sent:
-                    self._ambiguous(operation, subject, endpoint, failed, "deferred")
-                raise failed.error from failed.__cause__
+            for attempt in (1, 2):
+                endpoint.operations[operation] += 1
+                try:
+                    return await self._attempt(endpoint, method, request, metadata, timeout)
+                except _Failed as failed:
+                    if failed.sent:
+                        self._ambiguous(operation, subject, endpoint, failed, "deferred")
+                    # Not sent: nothing was done, so once more on a new
+                    # connection (the old one may be a restarted pymap's).
+                    # Not after a deadline: the call's time is used up.
+                    elif attempt == 1 and not isinstance(failed.error, errors.DeadlineExceeded):
+                        self.stats.failovers += 1
+                        log.info("op=%s endpoint=%s failed before sending (%s); trying again",
+                                 operation, endpoint.target, failed.error)
+                        continue
+                    raise failed.error from failed.__cause__
         self._start_watchers()
         tried: set[Endpoint] = set()
         retried_ambiguous = False
@@ -248,6 +291,7 @@ class EndpointPool:
         :class:`_Failed`, telling whether the request had been sent."""
         if callable(metadata):
             metadata = metadata(endpoint)
+        await _drop_if_peer_gone(endpoint)
         whole_request_sent = False
         endpoint.in_flight += 1
         endpoint.calls += 1

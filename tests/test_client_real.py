@@ -241,6 +241,25 @@ async def test_client_survives_a_server_restart(maildir_pymap: PymapServer) -> N
     assert b"Subject: before" in stored[0] and b"Subject: after" in stored[1]
 
 
+@pytest.mark.parametrize("login_tokens", [True, False])
+async def test_first_call_after_an_unseen_restart_uses_a_new_connection(
+        maildir_pymap: PymapServer, login_tokens: bool) -> None:
+    async with AdminClient(socket_settings(maildir_pymap)) as admin:
+        await admin.set_user("carol", password="pw")
+    async with AdminClient(socket_settings(maildir_pymap, login_tokens=login_tokens)) as client:
+        await client.append("carol", unique_message("before"))
+        if client._login_tokens is not None:
+            await client._login_tokens.wait(30)  # the restart must not cut a mint off
+        # Restarted while the event loop is blocked: the old connection's
+        # hang-up is not read before the next call, as on a busy agent.
+        maildir_pymap.restart()
+        second = await client.append("carol", unique_message("after"))
+        assert client.pool.stats.ambiguous == 0
+    assert second.uid is not None
+    stored = maildir_pymap.fetch_all(user="carol", password="pw")
+    assert sum(b"Subject: after" in message for message in stored) == 1
+
+
 async def test_server_down_is_unreachable(fresh_pymap: PymapServer) -> None:
     settings = socket_settings(fresh_pymap)
     fresh_pymap.stop()

@@ -232,6 +232,70 @@ async def test_one_endpoint_is_used_as_before(tmp_path: Path) -> None:
         assert all(e.watcher is None for e in client.pool.endpoints)
 
 
+class DropFirstConnection(DropAfterRequest):
+    """The first connection is dropped as DropAfterRequest drops it; later
+    ones are passed through to the server at ``target``."""
+
+    def __init__(self, path: Path, target: Path) -> None:
+        super().__init__(path)
+        self.target = target
+        self.connections = 0
+
+    async def __aenter__(self) -> DropFirstConnection:
+        await super().__aenter__()
+        return self
+
+    async def _on_connect(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.connections == 1:
+            await super()._on_connect(reader, writer)
+            return
+        up_reader, up_writer = await asyncio.open_unix_connection(str(self.target))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer),
+                             return_exceptions=True)
+
+
+async def test_one_endpoint_tries_a_call_not_sent_once_more(tmp_path: Path) -> None:
+    """The one endpoint's connection goes while a message larger than the
+    first flow-control window is still being sent: nothing was done, so it
+    is sent again on a new connection, not deferred."""
+    fake = FakeAdmin()
+    big = BODY + b"x" * 300_000
+    async with HealthyFake(fake, tmp_path / "real.sock"), \
+            DropFirstConnection(tmp_path / "a.sock", tmp_path / "real.sock") as dropper, \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock")) as client:
+        assert client.pool.single
+        assert (await client.append("alice", big)).uid == 1
+        assert dropper.requests == 1 and dropper.connections == 2 and appends(fake) == 1
+        stats = client.pool.stats
+        assert (stats.failovers, stats.ambiguous) == (1, 0)
+
+
+async def test_one_endpoint_defers_a_call_lost_after_sending(tmp_path: Path) -> None:
+    """Sent in full, then the connection went: it may have been stored, and
+    with no other member it is not repeated (the MTA's retry decides)."""
+    fake = FakeAdmin()
+    async with HealthyFake(fake, tmp_path / "real.sock"), \
+            DropFirstConnection(tmp_path / "a.sock", tmp_path / "real.sock") as dropper, \
+            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock")) as client:
+        with pytest.raises(ConnectionReset):
+            await client.append("alice", BODY)
+        assert dropper.requests == 1 and appends(fake) == 0
+        stats = client.pool.stats
+        assert (stats.failovers, stats.ambiguous) == (0, 1)
+        assert (await client.append("alice", BODY)).uid == 1
+
+
 async def test_a_member_not_serving_is_taken_out_and_comes_back(tmp_path: Path) -> None:
     fakes = [FakeAdmin(), FakeAdmin()]
     async with HealthyFake(fakes[0], tmp_path / "a.sock") as first, \
