@@ -32,21 +32,23 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import select
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.exceptions import ProtocolError as _H2ProtocolError
 
 from . import errors
+from .stats import ClientStats
 from .tokens import TokenSource
 
-__all__ = ["DEFAULT_HEALTH_INTERVAL", "Endpoint", "EndpointPool", "PoolStats"]
+if TYPE_CHECKING:
+    from ._channel import H2Channel
+
+__all__ = ["DEFAULT_HEALTH_INTERVAL", "Endpoint", "EndpointPool"]
 
 log = logging.getLogger("pymap_admin.pool")
 
@@ -59,25 +61,11 @@ DEFAULT_PROBE_TIMEOUT = 2.0
 DEFAULT_BACKOFF = (0.1, 2.0)
 
 
-@dataclass(slots=True)
-class PoolStats:
-    """Counters of the pool's decisions, for logs, metrics and tests."""
-
-    #: Calls moved to another endpoint because theirs failed before sending.
-    failovers: int = 0
-    #: Calls that failed after their request was sent (may have been done).
-    ambiguous: int = 0
-    #: Of those, the ones retried on another endpoint.
-    ambiguous_retried: int = 0
-    #: Calls refused because no endpoint was healthy.
-    no_healthy: int = 0
-
-
 class Endpoint:
     """One admin endpoint: its channel, stubs and live state."""
 
-    def __init__(self, target: str, channel: Channel, tokens: TokenSource | None = None
-                 ) -> None:
+    def __init__(self, target: str, channel: Channel | H2Channel,
+                 tokens: TokenSource | None = None) -> None:
         from grpclib.health.v1.health_grpc import HealthStub
 
         from .grpc.admin_grpc import MailboxStub, SystemStub, UserStub
@@ -88,10 +76,12 @@ class Endpoint:
         #: member's, which the other members trust only once SWIM has
         #: converged); None: the client's token.
         self.tokens = tokens
-        self.system = SystemStub(channel)
-        self.mailbox = MailboxStub(channel)
-        self.user = UserStub(channel)
-        self.health = HealthStub(channel)
+        # The generated stubs only call the channel's request().
+        stub_channel = cast(Channel, channel)
+        self.system = SystemStub(stub_channel)
+        self.mailbox = MailboxStub(stub_channel)
+        self.user = UserStub(stub_channel)
+        self.health = HealthStub(stub_channel)
         self.healthy = True
         self.in_flight = 0
         #: Calls started here, in all and per operation (tests, the
@@ -115,37 +105,20 @@ MethodOf = Callable[[Endpoint], Any]
 Metadata = Mapping[str, str] | Callable[[Endpoint], Mapping[str, str]]
 
 
-async def _drop_if_peer_gone(endpoint: Endpoint) -> None:
+def _drop_if_peer_gone(endpoint: Endpoint) -> None:
     """Close ``endpoint``'s connection if the server has already closed its end.
 
     When pymap restarts while this event loop is busy (or between two
-    loop turns), the old connection still looks open to grpclib: a call
-    would be written into it and fail with "Connection lost" after being
-    sent, i.e. as ambiguous, though no server could have read it. One
-    ``poll`` with no wait sees the hang-up first; the connection is then
-    closed so grpclib opens a new one for this call.
+    loop turns), the old connection still looks open: a call would be
+    written into it and fail with "Connection lost" after being sent, i.e.
+    as ambiguous, though no server could have read it. The channel looks
+    for the hang-up first (one ``poll`` with no wait) and drops the
+    connection, so this call opens a new one. (A test's in-memory grpclib
+    channel has no socket to look at.)
     """
-    protocol = getattr(endpoint.channel, "_protocol", None)
-    if protocol is None or protocol.handler.connection_lost:
-        return
-    transport = getattr(getattr(protocol, "connection", None), "_transport", None)
-    if transport is None or not hasattr(select, "poll"):
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    hangup = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
-    poller = select.poll()
-    poller.register(sock.fileno(), hangup)
-    if not any(events & hangup for _, events in poller.poll(0)):
-        return
-    log.info("endpoint=%s closed by the server; reconnecting", endpoint.target)
-    transport.abort()
-    # The transport reports the loss on a later loop turn (two for TLS).
-    for _ in range(4):
-        if protocol.handler.connection_lost:
-            break
-        await asyncio.sleep(0)
+    drop = getattr(endpoint.channel, "drop_if_peer_gone", None)
+    if drop is not None and drop():
+        log.info("endpoint=%s closed by the server; reconnecting", endpoint.target)
 
 
 class _Failed(Exception):
@@ -173,13 +146,15 @@ class EndpointPool:
     def __init__(self, endpoints: Sequence[Endpoint], *,
                  health_interval: float = DEFAULT_HEALTH_INTERVAL,
                  probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
-                 backoff: tuple[float, float] = DEFAULT_BACKOFF) -> None:
+                 backoff: tuple[float, float] = DEFAULT_BACKOFF,
+                 stats: ClientStats | None = None) -> None:
         if not endpoints:
             raise ValueError("a pool needs at least one endpoint")
         if health_interval <= 0 or probe_timeout <= 0:
             raise ValueError("health_interval and probe_timeout must be positive")
         self.endpoints = tuple(endpoints)
-        self.stats = PoolStats()
+        #: Counted in the client's stats (failovers, ambiguous calls, ...).
+        self.stats = stats if stats is not None else ClientStats()
         self._health_interval = health_interval
         self._probe_timeout = probe_timeout
         self._backoff_first, self._backoff_max = backoff
@@ -291,7 +266,7 @@ class EndpointPool:
         :class:`_Failed`, telling whether the request had been sent."""
         if callable(metadata):
             metadata = metadata(endpoint)
-        await _drop_if_peer_gone(endpoint)
+        _drop_if_peer_gone(endpoint)
         whole_request_sent = False
         endpoint.in_flight += 1
         endpoint.calls += 1
