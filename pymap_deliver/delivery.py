@@ -140,10 +140,34 @@ class PymapBackend:
         if not self._options.check_recipients:
             return None
         reply = await self._check_recipient(address)
+        self._count_lookup(reply)
+        return reply
+
+    def _count_lookup(self, reply: Reply | None) -> None:
         # hit: the user exists; miss: no such user; refused: not asked (4xx).
         self.stats.lookups["hit" if reply is None else
                            "miss" if reply.permanent else "refused"] += 1
-        return reply
+
+    def known_verdicts(self, addresses: Sequence[str]) -> list[Reply | None] | None:
+        """What :meth:`check_recipient` would answer for every address, when
+        no call is needed for any (checks off, or each user looked up within
+        the cache's lifetime); None otherwise. The session then answers at
+        once, without a task and a loop turn per RCPT."""
+        if not self._options.check_recipients:
+            return [None] * len(addresses)
+        now = time.monotonic()
+        ttl = self._options.lookup_cache_ttl
+        resolve = self._options.rules.resolve
+        verdicts: list[Reply | None] = []
+        for address in addresses:
+            cached = self._lookups.get(resolve(address).user)
+            if cached is None or now - cached[0] >= ttl:
+                return None
+            verdicts.append(cached[1])
+        for verdict in verdicts:
+            self._count_lookup(verdict)
+        self.stats.lookups_known += len(verdicts)
+        return verdicts
 
     async def _check_recipient(self, address: str) -> Reply | None:
         user = self._options.rules.resolve(address).user
