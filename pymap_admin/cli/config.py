@@ -7,6 +7,7 @@ from configparser import ConfigParser
 from io import StringIO
 from typing import Any, NamedTuple
 
+from ..outcomes import ExitStatus
 from ..settings import CONFIG_KEYS, CONFIG_NAME, CONFIG_SECTION, config_home
 from .args import CommandSpec
 from .base import Command, write_private
@@ -49,7 +50,7 @@ class SaveArgsCommand(Command[SaveArgsOptions]):
         self.emit([], {"config_file": str(path), "settings": dict(section)})
         if not self.globals.json:
             print("Config file written:", path, file=self.streams.stdout)
-        return 0
+        return ExitStatus.OK
 
 
 def _options(ns: Any, error: Any) -> tuple[str, SaveArgsOptions, type[SaveArgsCommand]]:

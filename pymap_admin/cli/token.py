@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import ConfigurationError
+from ..outcomes import ExitStatus
 from ..tokens import TokenSource, attenuate, inspect_token
 from .args import CommandSpec, duration, timestamp
 from .base import Command, Field, write_private
@@ -67,7 +68,7 @@ class TokenShowCommand(Command[TokenShowOptions]):
                            "identifier": info.identifier, "authcid": info.authcid,
                            "authzid": info.authzid, "expires": expires,
                            "expired": info.expired(), "caveats": list(info.caveats)})
-        return 0
+        return ExitStatus.OK
 
 
 class TokenAttenuateCommand(Command[TokenAttenuateOptions]):
@@ -97,7 +98,7 @@ class TokenAttenuateCommand(Command[TokenAttenuateOptions]):
         else:
             self.emit([("bearer_token", narrowed)],
                       {"bearer_token": narrowed, "authzid": options.user, "expires": shown})
-        return 0
+        return ExitStatus.OK
 
 
 def _arguments(token: Any, common: Any) -> None:
