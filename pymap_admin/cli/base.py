@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Generic, NamedTuple, TextIO, TypeVar
 
 from ..errors import AdminError, ConfigurationError
+from ..outcomes import ExitStatus
 from .args import PROG, GlobalOptions, Options
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class Command(Generic[_O]):
             return self.fail(exc)
         except KeyboardInterrupt:
             self.error("interrupted")
-            return 130
+            return ExitStatus.INTERRUPTED
 
     async def execute(self) -> int:
         raise NotImplementedError
@@ -215,7 +216,7 @@ class Command(Generic[_O]):
         return {"type": type(exc).__name__, "key": getattr(exc, "key", None),
                 "message": self.describe(exc)}
 
-    def fail(self, exc: BaseException, status: int = 1) -> int:
+    def fail(self, exc: BaseException, status: int = ExitStatus.FAILURE) -> int:
         """An expected failure: one line on stderr (and the traceback with
         --debug); with --json also ``{"error": …}`` on stdout."""
         if self.globals.debug:

@@ -7,6 +7,7 @@ from configparser import ConfigParser
 from io import StringIO
 from typing import Any, NamedTuple
 
+from ..outcomes import ExitStatus
 from ..settings import CONFIG_KEYS, CONFIG_NAME, CONFIG_SECTION, config_home
 from .args import CommandSpec
 from .base import OfflineCommand, write_private
@@ -42,7 +43,7 @@ class SaveArgsCommand(OfflineCommand[SaveArgsOptions]):
         self.emit([], {"config_file": str(path), "settings": dict(section)})
         if not self.globals.json:
             print("Config file written:", path, file=self.streams.stdout)
-        return 0
+        return ExitStatus.OK
 
 
 def _options(ns: Any, error: Any) -> tuple[str, SaveArgsOptions, type[SaveArgsCommand]]:

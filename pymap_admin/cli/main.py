@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     except UsageError as exc:
         return _usage_error(exc, args, streams)
     except SystemExit as exc:  # --help, --version
-        return exc.code if isinstance(exc.code, int) else 0
+        return exc.code if isinstance(exc.code, int) else ExitStatus.OK
     held = None
     if options.globals.debug:
         import logging

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import ConfigurationError
+from ..outcomes import ExitStatus
 from ..tokens import TokenSource, attenuate, inspect_token
 from .args import CommandSpec, duration, timestamp
 from .base import Command, Field, OfflineCommand, write_private
@@ -61,7 +62,7 @@ class TokenShowCommand(OfflineCommand[TokenShowOptions]):
                            "identifier": info.identifier, "authcid": info.authcid,
                            "authzid": info.authzid, "expires": expires,
                            "expired": info.expired(), "caveats": list(info.caveats)})
-        return 0
+        return ExitStatus.OK
 
 
 class TokenAttenuateCommand(OfflineCommand[TokenAttenuateOptions]):
@@ -85,7 +86,7 @@ class TokenAttenuateCommand(OfflineCommand[TokenAttenuateOptions]):
         else:
             self.emit([("bearer_token", narrowed)],
                       {"bearer_token": narrowed, "authzid": options.user, "expires": shown})
-        return 0
+        return ExitStatus.OK
 
 
 def _arguments(token: Any, common: Any) -> None:
