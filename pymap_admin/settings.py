@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError
 from .options import CONNECTION_OPTIONS, Option, read_ini
+from .options import port as parse_port
 
 if TYPE_CHECKING:
     import ssl
@@ -390,12 +391,9 @@ def parse_host(text: str, default_port: int | None) -> tuple[str, int | None]:
 
 def _port(number: str, text: str) -> int:
     try:
-        port = int(number)
-    except ValueError:
-        raise ConfigurationError(f"host: not HOST:PORT: {text!r}") from None
-    if not 0 < port < 65536:
-        raise ConfigurationError(f"port out of range: {port}")
-    return port
+        return parse_port(number)
+    except ValueError as exc:
+        raise ConfigurationError(f"host: {exc} in {text!r}") from None
 
 
 def _split_endpoints(values: dict[str, object]) -> None:

@@ -259,9 +259,9 @@ class PymapBackend:
             error, error_cause = " ".join(str(exc).split()), exc
         elapsed = time.monotonic() - started
         self.stats.delivered(outcome.reply.code, elapsed)
-        if outcome.delivered:
+        if outcome.reply.positive:
             what = "delivered"
-        elif outcome.permanent:
+        elif outcome.reply.permanent:
             what = "refused"
         elif getattr(error_cause, "request_sent", False):
             # pymap had the whole message and may have stored it: the MTA's

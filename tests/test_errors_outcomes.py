@@ -144,7 +144,7 @@ def test_expired_token_says_when() -> None:
     assert "expired at 2026-01-01" in str(error)
     outcome = outcomes.outcome_for_error(error)
     assert outcome.code == 451
-    assert "2026-01-01" in outcome.text
+    assert "2026-01-01" in outcome.reply.text
 
 
 def _int_literals_returned(source: str) -> list[int]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Generic, NamedTuple, TextIO, TypeVar
 
-from ..errors import AdminError
+from ..errors import AdminError, ConfigurationError
 from ..outcomes import ExitStatus
 from .args import PROG, GlobalOptions, Options
 
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from ..client import AdminClient
     from ..settings import ConnectionSettings
 
-__all__ = ["Command", "Field", "Streams", "Symbol", "ask_secret", "read_secret_file",
-           "text_format", "write_private"]
+__all__ = ["Command", "Field", "OfflineCommand", "Streams", "Symbol", "ask_secret",
+           "read_secret_file", "text_format", "write_private"]
 
 _O = TypeVar("_O", bound="tuple[Any, ...]")
 
@@ -228,3 +228,17 @@ class Command(Generic[_O]):
             self.print(dumps({"error": self.error_data(exc)}) + "\n")
         return status
 
+
+
+class OfflineCommand(Command[_O]):
+    """A command that needs no server (``save-args``, the ``token``
+    actions), so no event loop either: ``act`` returns the exit status."""
+
+    def run(self) -> int:
+        try:
+            return self.act()
+        except (OSError, ValueError, ConfigurationError) as exc:
+            return self.fail(exc)
+
+    def act(self) -> int:
+        raise NotImplementedError

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from ..outcomes import ExitStatus
 from ..settings import CONFIG_KEYS, CONFIG_NAME, CONFIG_SECTION, config_home
 from .args import CommandSpec
-from .base import Command, write_private
+from .base import OfflineCommand, write_private
 
 __all__ = ["SPECS", "SaveArgsCommand", "SaveArgsOptions"]
 
@@ -19,17 +19,10 @@ class SaveArgsOptions(NamedTuple):
     pass
 
 
-class SaveArgsCommand(Command[SaveArgsOptions]):
+class SaveArgsCommand(OfflineCommand[SaveArgsOptions]):
     """Save the connection options given on the command line to the config file."""
 
-    def run(self) -> int:
-        # No server involved: no event loop either.
-        try:
-            return self._save()
-        except (OSError, ValueError) as exc:
-            return self.fail(exc)
-
-    def _save(self) -> int:
+    def act(self) -> int:
         parser = ConfigParser(interpolation=None)
         parser.add_section(CONFIG_SECTION)
         section = parser[CONFIG_SECTION]

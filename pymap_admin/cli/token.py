@@ -18,7 +18,7 @@ from ..errors import ConfigurationError
 from ..outcomes import ExitStatus
 from ..tokens import TokenSource, attenuate, inspect_token
 from .args import CommandSpec, duration, timestamp
-from .base import Command, Field, write_private
+from .base import Command, Field, OfflineCommand, write_private
 
 __all__ = ["SPECS", "TokenAttenuateCommand", "TokenAttenuateOptions", "TokenShowCommand",
            "TokenShowOptions"]
@@ -47,16 +47,10 @@ def _token(command: Command[Any], from_stdin: bool) -> str:
     return TokenSource(token=settings.token, path=settings.token_path()).current()
 
 
-class TokenShowCommand(Command[TokenShowOptions]):
+class TokenShowCommand(OfflineCommand[TokenShowOptions]):
     """Show a token's kind, user, caveats and expiry; never its signature."""
 
-    def run(self) -> int:
-        try:
-            return self._show()
-        except (ValueError, OSError, ConfigurationError) as exc:
-            return self.fail(exc)
-
-    def _show(self) -> int:
+    def act(self) -> int:
         info = inspect_token(_token(self, self.options.stdin))
         expires = info.expires.isoformat() if info.expires else None
         fields: list[Field] = [("kind", info.kind), ("location", info.location),
@@ -71,16 +65,10 @@ class TokenShowCommand(Command[TokenShowOptions]):
         return ExitStatus.OK
 
 
-class TokenAttenuateCommand(Command[TokenAttenuateOptions]):
+class TokenAttenuateCommand(OfflineCommand[TokenAttenuateOptions]):
     """A narrower token: for one user, until a time."""
 
-    def run(self) -> int:
-        try:
-            return self._attenuate()
-        except (ValueError, OSError, ConfigurationError) as exc:
-            return self.fail(exc)
-
-    def _attenuate(self) -> int:
+    def act(self) -> int:
         options = self.options
         expires = None
         if options.expires is not None:
