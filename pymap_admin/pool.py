@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import select
@@ -37,7 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -45,6 +46,11 @@ from grpclib.exceptions import ProtocolError as _H2ProtocolError
 
 from . import errors
 from .tokens import TokenSource
+
+if TYPE_CHECKING:
+    from grpclib.health.v1.health_grpc import HealthStub
+
+    from .grpc.admin_grpc import MailboxStub, SystemStub, UserStub
 
 __all__ = ["DEFAULT_HEALTH_INTERVAL", "Endpoint", "EndpointPool", "PoolStats"]
 
@@ -78,20 +84,12 @@ class Endpoint:
 
     def __init__(self, target: str, channel: Channel, tokens: TokenSource | None = None
                  ) -> None:
-        from grpclib.health.v1.health_grpc import HealthStub
-
-        from .grpc.admin_grpc import MailboxStub, SystemStub, UserStub
-
         self.target = target
         self.channel = channel
         #: This endpoint's own admin token, where it has one (a cluster
         #: member's, which the other members trust only once SWIM has
         #: converged); None: the client's token.
         self.tokens = tokens
-        self.system = SystemStub(channel)
-        self.mailbox = MailboxStub(channel)
-        self.user = UserStub(channel)
-        self.health = HealthStub(channel)
         self.healthy = True
         self.in_flight = 0
         #: Calls started here, in all and per operation (tests, the
@@ -102,6 +100,33 @@ class Endpoint:
         self.last_probe = 0.0
         self.wake = asyncio.Event()
         self.watcher: asyncio.Task[None] | None = None
+
+    # The stubs are made on first use: importing them loads protobuf's
+    # runtime, which a delivery's own calls do without (pymap_admin._messages).
+
+    @functools.cached_property
+    def system(self) -> SystemStub:
+        from .grpc.admin_grpc import SystemStub
+
+        return SystemStub(self.channel)
+
+    @functools.cached_property
+    def mailbox(self) -> MailboxStub:
+        from .grpc.admin_grpc import MailboxStub
+
+        return MailboxStub(self.channel)
+
+    @functools.cached_property
+    def user(self) -> UserStub:
+        from .grpc.admin_grpc import UserStub
+
+        return UserStub(self.channel)
+
+    @functools.cached_property
+    def health(self) -> HealthStub:
+        from grpclib.health.v1.health_grpc import HealthStub
+
+        return HealthStub(self.channel)
 
     def __repr__(self) -> str:
         state = "up" if self.healthy else "down"

@@ -22,7 +22,8 @@ annotations would be compiled one by one into ForwardRefs).
 """
 
 import argparse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
@@ -150,13 +151,49 @@ def spec(name: str) -> CommandSpec:
     return found
 
 
+#: >0 while help or usage text is being made (see _Parser).
+_for_display = 0
+
+
+@contextmanager
+def _terminal_width() -> Iterator[None]:
+    global _for_display
+    _for_display += 1
+    try:
+        yield
+    finally:
+        _for_display -= 1
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's own formatter, at the terminal's width only for display;
+    otherwise at the width argparse takes off a terminal (80 - 2), which
+    also keeps the generated man pages the same wherever they are built."""
+    return argparse.HelpFormatter(prog, width=None if _for_display else 78)
+
+
 class _Parser(argparse.ArgumentParser):
     """Raises UsageError instead of printing and exiting with status 2;
-    never accepts an abbreviated option (a landmine in scripts)."""
+    never accepts an abbreviated option (a landmine in scripts).
+
+    argparse makes a help formatter for every ``add_argument`` (to check the
+    metavar), and each looks up the terminal's width, importing shutil: a
+    few ms of every delivery. Those get a fixed width; only help and usage
+    text made by :meth:`format_help` and :meth:`format_usage` get the
+    terminal's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _formatter)
         super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        with _terminal_width():
+            return super().format_help()
+
+    def format_usage(self) -> str:
+        with _terminal_width():
+            return super().format_usage()
 
     def error(self, message: str) -> NoReturn:
         name = self.prog.removeprefix(PROG).strip() or None
