@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import importlib
 import itertools
 import logging
 import select
@@ -79,6 +79,13 @@ class PoolStats:
     no_healthy: int = 0
 
 
+#: Endpoint attribute -> (module, class) of its stub.
+_STUBS = {"system": ("pymap_admin.grpc.admin_grpc", "SystemStub"),
+          "mailbox": ("pymap_admin.grpc.admin_grpc", "MailboxStub"),
+          "user": ("pymap_admin.grpc.admin_grpc", "UserStub"),
+          "health": ("grpclib.health.v1.health_grpc", "HealthStub")}
+
+
 class Endpoint:
     """One admin endpoint: its channel, stubs and live state."""
 
@@ -101,32 +108,23 @@ class Endpoint:
         self.wake = asyncio.Event()
         self.watcher: asyncio.Task[None] | None = None
 
-    # The stubs are made on first use: importing them loads protobuf's
-    # runtime, which a delivery's own calls do without (pymap_admin._messages).
+    # The stubs (system, mailbox, user, health) are made on first use:
+    # importing them loads protobuf's runtime, which a delivery's own calls
+    # do without (pymap_admin._messages).
+    if TYPE_CHECKING:
+        system: SystemStub
+        mailbox: MailboxStub
+        user: UserStub
+        health: HealthStub
 
-    @functools.cached_property
-    def system(self) -> SystemStub:
-        from .grpc.admin_grpc import SystemStub
-
-        return SystemStub(self.channel)
-
-    @functools.cached_property
-    def mailbox(self) -> MailboxStub:
-        from .grpc.admin_grpc import MailboxStub
-
-        return MailboxStub(self.channel)
-
-    @functools.cached_property
-    def user(self) -> UserStub:
-        from .grpc.admin_grpc import UserStub
-
-        return UserStub(self.channel)
-
-    @functools.cached_property
-    def health(self) -> HealthStub:
-        from grpclib.health.v1.health_grpc import HealthStub
-
-        return HealthStub(self.channel)
+    def __getattr__(self, name: str) -> Any:
+        where = _STUBS.get(name)
+        if where is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        module, stub_class = where
+        stub = getattr(importlib.import_module(module), stub_class)(self.channel)
+        setattr(self, name, stub)
+        return stub
 
     def __repr__(self) -> str:
         state = "up" if self.healthy else "down"
