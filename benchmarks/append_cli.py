@@ -25,7 +25,7 @@ from pathlib import Path
 
 from devstack.localpymap import REPO, PymapServer, cleanup, pymap_executable
 
-OURS = Path(sys.executable).parent / "pymap-admin"
+EDITABLE = Path(sys.executable).parent / "pymap-admin"
 MESSAGE = (b"From: sender@example.com\r\nTo: demouser\r\nSubject: benchmark\r\n"
            b"Message-Id: <benchmark@example.com>\r\n\r\n" + b"line of text\r\n" * 100)
 
@@ -47,22 +47,57 @@ def one(command: list[str], env: dict[str, str], data: Path) -> tuple[float, flo
     return wall, usage.ru_utime + usage.ru_stime
 
 
+def install_ours(folder: Path) -> Path:
+    """``pymap-admin`` of a regular install of this checkout into a fresh
+    environment under ``folder``: a wheel built without build isolation
+    (with the running environment's build tools), installed with the
+    dependency versions of the running environment, byte-compiled as pip
+    does."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+    def run(*argv: str | Path) -> str:
+        return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                              env=env, check=True).stdout
+
+    wheels = folder / "wheels"
+    # As ``python -m build`` does: the wheel from the sdist, so that nothing
+    # stale in the checkout's build/ gets in.
+    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", wheels, REPO)
+    (wheel,) = wheels.glob("*.whl")
+    constraints = folder / "constraints.txt"
+    constraints.write_text(run(sys.executable, "-m", "pip", "freeze", "--exclude-editable"))
+    venv = folder / "venv"
+    run(sys.executable, "-m", "venv", venv)
+    run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--constraint", constraints,
+        wheel)
+    return venv / "bin" / "pymap-admin"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=20, help="deliveries each (default 20)")
     parser.add_argument("--admin-token-too", action="store_true",
                         help="also ours with login tokens switched off (the 0.3 s path)")
+    parser.add_argument("--editable", action="store_true",
+                        help="run ours from this (editable) development environment instead "
+                             "of a regular install of a wheel (the way before 2026-11-26)")
     args = parser.parse_args()
     program = pymap_executable()
     if program is None:
         print("the pymap server is not installed (make pymap-venv)", file=sys.stderr)
         return 1
     published = program.parent / "pymap-admin"
-    # A regular install compiles the bytecode; an editable one under
-    # PYTHONDONTWRITEBYTECODE would recompile our modules on every run.
-    compileall.compile_dir(str(REPO / "pymap_admin"), quiet=1)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
+        if args.editable:
+            # A regular install compiles the bytecode; an editable one under
+            # PYTHONDONTWRITEBYTECODE would recompile our modules on every run.
+            compileall.compile_dir(str(REPO / "pymap_admin"), quiet=1)
+            ours_program = EDITABLE
+            installed = "editable install in the development environment"
+        else:
+            ours_program = install_ours(work / "ours")
+            installed = "regular install of a wheel of this checkout, private environment"
         server = PymapServer(workdir=work / "pymap")
         server.start()
         try:
@@ -74,7 +109,7 @@ def main() -> int:
             env["XDG_CACHE_HOME"] = str(work / "cache")  # ours keeps login tokens here
             connection = ["--path", str(server.socket_path), "--token-file",
                           str(server.token_path)]
-            ours = [str(OURS), *connection, "append", "demouser"]
+            ours = [str(ours_program), *connection, "append", "demouser"]
             commands = {"published": ([str(published), *connection, "append", "demouser"], env),
                         "ours": (ours, env)}
             if args.admin_token_too:
@@ -94,7 +129,9 @@ def main() -> int:
         finally:
             cleanup(server)
     print(f"pymap-admin append into pymap 0.36.7 (dict), {args.runs} runs each, alternating "
-          f"({os.cpu_count()} CPUs, shared machine)")
+          f"({os.cpu_count()} CPUs, shared machine, load {os.getloadavg()[0]:.2f})")
+    print("    published: pymap-admin 0.12.1, regular install in pymap's environment")
+    print(f"         ours: {installed}")
     for name in commands:
         print(f"{name:>17}: {walls[name] / args.runs * 1000:6.1f} ms wall, "
               f"{cpus[name] / args.runs * 1000:6.1f} ms CPU (user+sys) per delivery")

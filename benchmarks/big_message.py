@@ -4,15 +4,22 @@ benchmark, :mod:`benchmarks.lmtp_load`)."""
 
 from __future__ import annotations
 
-import contextlib
 import smtplib
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import DOMAIN, HOSTNAME, SENDER, Deliver, Options, make_message, proc_status
+from .harness import (
+    DOMAIN,
+    HOSTNAME,
+    SENDER,
+    Deliver,
+    Options,
+    make_message,
+    proc_status,
+    sampling_rss,
+)
 
 
 @dataclass
@@ -29,27 +36,6 @@ class Memory:
     @property
     def ratio(self) -> float:
         return (self.peak - self.baseline) / self.size
-
-
-@contextlib.contextmanager
-def sampling(pid: int, interval: float = 0.005) -> Iterator[list[int]]:
-    """Samples VmRSS in a thread, a cross-check of VmHWM."""
-    peak = [0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError, KeyError):
-                peak[0] = max(peak[0], proc_status(pid, "VmRSS"))
-            stop.wait(interval)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        stop.set()
-        thread.join()
 
 
 def lmtp_send(port: int, to: str, data: bytes, timeout: float = 600) -> str:
@@ -81,7 +67,7 @@ def bench_big(target: str, socket_path: Path, token: Path, opts: Options, *,
         # Resets VmHWM to the current RSS (Linux >= 4.0).
         Path(f"/proc/{deliver.pid}/clear_refs").write_text("5")
         data = make_message(opts.big_size, to=to, subject="big")
-        with sampling(deliver.pid) as sampled:
+        with sampling_rss(deliver.pid) as sampled:
             started = time.perf_counter()
             reply = lmtp_send(deliver.port, to, data)
             seconds = time.perf_counter() - started

@@ -16,23 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.lmtp_load import Child, make_message, write_fake_token  # noqa: E402
-
-
-def cpu() -> float:
-    usage = os.times()
-    return usage.user + usage.system
+from .harness import Child, cpu_seconds, make_message, work_directory, write_fake_token
 
 
 async def run_calls(call: Callable[[int], Awaitable[object]], count: int,
@@ -46,9 +35,9 @@ async def run_calls(call: Callable[[int], Awaitable[object]], count: int,
             started += 1
             await call(started)
 
-    t0, c0 = time.perf_counter(), cpu()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - t0, cpu() - c0
+    return time.perf_counter() - t0, cpu_seconds() - c0
 
 
 async def measure(path: Path, token: Path, count: int, concurrency: int,
@@ -96,8 +85,7 @@ def main() -> int:
     parser.add_argument("-n", "--calls", type=int, default=3000)
     parser.add_argument("-c", "--concurrency", type=int, default=10)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="client-calls-"))
-    try:
+    with work_directory("client-calls-") as workdir:
         path = workdir / "admin.sock"
         token = workdir / "token"
         write_fake_token(token)
@@ -106,8 +94,6 @@ def main() -> int:
             rows = asyncio.run(measure(path, token, args.calls, args.concurrency, server))
         finally:
             server.close()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     print(f"{args.calls} calls, {args.concurrency} in flight, one connection, "
           f"zero-work server in its own process ({os.cpu_count()} CPUs, shared)")
     print(f"{'':<40} {'calls/s':>8} {'client us/call':>15} {'server us/call':>15}")

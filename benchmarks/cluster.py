@@ -27,101 +27,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from devstack.cluster import PymapCluster
+from pymap_admin import AdminClient, ConnectionSettings
+from pymap_admin.settings import EndpointAddress
 
-from benchmarks.lmtp_load import SMTP_SOURCE, proc_cpu, smtp_source  # noqa: E402
-from devstack.cluster import PymapCluster  # noqa: E402
-from devstack.localpymap import free_port  # noqa: E402
-from pymap_admin import AdminClient, ConnectionSettings  # noqa: E402
-from pymap_admin.settings import EndpointAddress  # noqa: E402
+from .harness import SMTP_SOURCE, Deliver, Sample, Series, proc_cpu, smtp_source
+from .servers import run_appends
 
 USER = "bench"
-_DELIVERED = re.compile(r' status="?250 ')
-HOSTNAME = "bench.example"
-
-
-class Deliver:
-    """The pymap-deliver command in front of the given admin sockets."""
-
-    def __init__(self, sockets: Sequence[Path], token_file: Path, log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        self._out = log.open("ab")
-        paths = [arg for path in sockets for arg in ("--path", str(path))]
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "pymap-deliver"), "--allow-root",
-             "--listen", f"127.0.0.1:{self.port}", "--hostname", HOSTNAME, "--local-part-only",
-             *paths,
-             "--token-file", str(token_file), "--timeout", "30"],
-            stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._out)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
-                    if conn.recv(100).startswith(b"220"):
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"pymap-deliver did not start, see {log}")
-            time.sleep(0.05)
-
-    def delivered(self) -> int:
-        """Recipients answered 250, from the per-recipient log lines
-        (logfmt: ``status="250 2.0.0 ..."``)."""
-        return len(_DELIVERED.findall(self.log.read_text(errors="replace")))
-
-    def cpu(self) -> float:
-        return proc_cpu(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._out.close()
-
-
-@dataclass
-class Sample:
-    deliveries: int
-    seconds: float
-    cpu: dict[str, float]
-
-    @property
-    def rate(self) -> float:
-        return self.deliveries / self.seconds
-
-
-@dataclass
-class Series:
-    label: str
-    samples: list[Sample] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return statistics.median(s.rate for s in self.samples)
-
-    def cpu_us(self, name: str) -> float:
-        total = sum(s.cpu.get(name, 0.0) for s in self.samples)
-        return total / sum(s.deliveries for s in self.samples) * 1e6
+#: The members know the user by its local part; a member killed mid-call
+#: answers within the call deadline.
+DELIVER_OPTIONS = ("--local-part-only", "--timeout", "30")
 
 
 def cpu_snapshot(cluster: PymapCluster, deliver: Deliver) -> dict[str, float]:
@@ -153,7 +77,9 @@ def load(cluster: PymapCluster, deliver: Deliver, messages: int, size: int,
     cpu = {name: after_cpu[name] - before_cpu.get(name, 0.0) for name in after_cpu}
     # smtp-source is a child of this process: os.times() counts it once it exited.
     cpu["smtp-source"] = children_cpu() - before_client
-    return Sample(messages, seconds, cpu)
+    members = sum(value for name, value in cpu.items() if name.startswith("member "))
+    return Sample(messages, seconds, delivered, server_cpu=members,
+                  agent_cpu=cpu["pymap-deliver"], processes=cpu)
 
 
 async def raw_appends(sockets: Sequence[Path], token: str, messages: int, size: int,
@@ -164,17 +90,11 @@ async def raw_appends(sockets: Sequence[Path], token: str, messages: int, size: 
     settings = ConnectionSettings(
         endpoints=tuple(EndpointAddress(path=path) for path in sockets) if len(sockets) > 1
         else (), path=sockets[0] if len(sockets) == 1 else None, token=token, timeout=30.0)
-    remaining = messages
     async with AdminClient(settings) as client:
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await client.append(USER, body)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return messages / (time.perf_counter() - started)
+        elapsed, _, failed = await run_appends(client, [USER], body, concurrency, messages)
+    if failed:
+        raise RuntimeError(f"raw Append failures: {failed}")
+    return messages / elapsed
 
 
 async def prepare(cluster: PymapCluster, token_file: Path) -> None:
@@ -282,11 +202,13 @@ def run(args: argparse.Namespace, cluster: PymapCluster, workdir: Path) -> int:
     asyncio.run(prepare(cluster, token_file))
     print(f"cluster bench: {args.sessions} sessions, {args.size} B messages, r=1, "
           f"{os.cpu_count()} CPUs (machine possibly shared)", flush=True)
-    one = Series("pymap-deliver -> 1 member")
-    two = Series("pymap-deliver -> 2 members")
+    one = Series("pymap-deliver -> 1 member", recipients=1)
+    two = Series("pymap-deliver -> 2 members", recipients=1)
     delivers = {
-        one.label: Deliver(cluster.socket_paths()[:1], token_file, workdir / "deliver-1.log"),
-        two.label: Deliver(cluster.socket_paths(), token_file, workdir / "deliver-2.log"),
+        one.label: Deliver(cluster.socket_paths()[:1], token_file,
+                           log=workdir / "deliver-1.log", extra=DELIVER_OPTIONS),
+        two.label: Deliver(cluster.socket_paths(), token_file,
+                           log=workdir / "deliver-2.log", extra=DELIVER_OPTIONS),
     }
     try:
         # Pilot: warms both paths (connections, lookups, pymap's caches) and sizes the rounds.
@@ -318,7 +240,7 @@ def run(args: argparse.Namespace, cluster: PymapCluster, workdir: Path) -> int:
         print("  " + " ".join(f"{n:>13s}" for n in ["", *names]))
         for series in (one, two):
             print(f"  {series.label[-9:]:>13s} "
-                  + " ".join(f"{series.cpu_us(n):13.0f}" for n in names))
+                  + " ".join(f"{series.process_cpu_us(n):13.0f}" for n in names))
         report_capacity(one, two)
     finally:
         for deliver in delivers.values():
@@ -328,7 +250,8 @@ def run(args: argparse.Namespace, cluster: PymapCluster, workdir: Path) -> int:
     gaps = []
     persistent_cpu: list[float] = []
     for attempt in range(args.kills):
-        deliver = Deliver(cluster.socket_paths(), token_file, workdir / f"gap-{attempt}.log")
+        deliver = Deliver(cluster.socket_paths(), token_file,
+                          log=workdir / f"gap-{attempt}.log", extra=DELIVER_OPTIONS)
         try:
             cpu_before = deliver.cpu()
             result = asyncio.run(measure_gap(cluster, deliver.port, sessions=args.sessions,
@@ -351,11 +274,11 @@ def run(args: argparse.Namespace, cluster: PymapCluster, workdir: Path) -> int:
 
 def report_capacity(one: Series, two: Series) -> None:
     """The estimates the issue asks for, from the CPU per delivery."""
-    member = statistics.mean([one.cpu_us("member 0"),
-                              (two.cpu_us("member 0") + two.cpu_us("member 1"))])
-    deliver = two.cpu_us("pymap-deliver")
-    redis = two.cpu_us("redis-server")
-    client = two.cpu_us("smtp-source")
+    member = statistics.mean([one.process_cpu_us("member 0"),
+                              (two.process_cpu_us("member 0") + two.process_cpu_us("member 1"))])
+    deliver = two.process_cpu_us("pymap-deliver")
+    redis = two.process_cpu_us("redis-server")
+    client = two.process_cpu_us("smtp-source")
     total = member + deliver + redis + client
     print("\nestimates from these CPU figures (estimates, not measurements):")
     print(f"  per delivery: pymap member {member:.0f} us, pymap-deliver {deliver:.0f} us, "

@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import shutil
 import socket
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lmtp_load import Child, Deliver, make_message, proc_status, write_fake_token
+from .harness import (
+    Child,
+    Deliver,
+    make_message,
+    proc_status,
+    sampling_rss,
+    work_directory,
+    write_fake_token,
+)
 
 MIB = 1024 * 1024
 
@@ -80,30 +84,10 @@ def lmtp_transaction(port: int, recipients: Sequence[str], data: bytes,
         return replies
 
 
-@contextlib.contextmanager
-def rss_sampler(pid: int) -> Iterator[list[int]]:
-    peak = [0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError, KeyError):
-                peak[0] = max(peak[0], proc_status(pid, "VmRSS"))
-            stop.wait(0.005)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        stop.set()
-        thread.join()
-
-
 def measure(case: str, sock: Path, token: Path, workdir: Path, *, size: int,
             recipients: int, sessions: int = 1, extra: Sequence[str] = ()) -> Result:
     deliver = Deliver(sock, token, log=workdir / f"deliver-{len(case)}-{time.time_ns()}.log",
-                      extra=["--log-level", "WARNING", "--allow-root",
+                      extra=["--log-level", "WARNING",
                              "--max-size", str(size + MIB), *extra])
     try:
         warm = lmtp_transaction(deliver.port, ["warm@example.com"],
@@ -121,7 +105,7 @@ def measure(case: str, sock: Path, token: Path, workdir: Path, *, size: int,
             return list(await asyncio.gather(*(
                 asyncio.to_thread(lmtp_transaction, deliver.port, rcpts, m) for m in messages)))
 
-        with rss_sampler(deliver.pid) as sampled:
+        with sampling_rss(deliver.pid) as sampled:
             replies = asyncio.run(run_all())
         seconds = time.perf_counter() - started
         peak = max(proc_status(deliver.pid, "VmHWM"), sampled[0])
@@ -173,31 +157,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip the 50-session case "
                         "and the unbudgeted anchor")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="memory-bench-"))
-    sock, token = workdir / "fake.sock", workdir / "fake.token"
-    write_fake_token(token)
-    fake = Child(["_fake", "--path", str(sock)], log=workdir / "fake.log")
     results = []
-    try:
-        print("pymap-deliver -> zero-work admin server (machine shared; figures are "
-              "RSS, not time)", flush=True)
-        results.append(measure(f"{args.big / MIB:.0f} MiB x {args.recipients} recipients",
-                               sock, token, workdir, size=args.big,
-                               recipients=args.recipients))
-        results.append(measure(f"5 MB x {args.recipients} recipients", sock, token, workdir,
-                               size=5_000_000, recipients=args.recipients))
-        if not args.quick:
-            results.append(measure(f"5 MB x {args.recipients} recipients, no byte budget "
-                                   "(anchor: the old behaviour)", sock, token, workdir,
-                                   size=5_000_000, recipients=args.recipients,
-                                   extra=["--max-bytes-in-flight", str(1 << 40)]))
-            results.append(measure("50 sessions x 5 MB x 1 recipient", sock, token, workdir,
-                                   size=5_000_000, recipients=1, sessions=50))
-        if args.real:
-            real_pymap_append(args.big, workdir)
-    finally:
-        fake.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with work_directory("memory-bench-") as workdir:
+        sock, token = workdir / "fake.sock", workdir / "fake.token"
+        write_fake_token(token)
+        fake = Child(["_fake", "--path", str(sock)], log=workdir / "fake.log")
+        try:
+            print("pymap-deliver -> zero-work admin server (machine shared; figures are "
+                  "RSS, not time)", flush=True)
+            results.append(measure(f"{args.big / MIB:.0f} MiB x {args.recipients} recipients",
+                                   sock, token, workdir, size=args.big,
+                                   recipients=args.recipients))
+            results.append(measure(f"5 MB x {args.recipients} recipients", sock, token,
+                                   workdir, size=5_000_000, recipients=args.recipients))
+            if not args.quick:
+                results.append(measure(f"5 MB x {args.recipients} recipients, no byte "
+                                       "budget (anchor: the old behaviour)", sock, token,
+                                       workdir, size=5_000_000, recipients=args.recipients,
+                                       extra=["--max-bytes-in-flight", str(1 << 40)]))
+                results.append(measure("50 sessions x 5 MB x 1 recipient", sock, token,
+                                       workdir, size=5_000_000, recipients=1, sessions=50))
+            if args.real:
+                real_pymap_append(args.big, workdir)
+        finally:
+            fake.close()
     big = results[0]
     verdict = "met" if big.ratio <= 4 else "MISSED"
     print(f"\n64 MiB x 100 target (<= 4x above baseline): {big.ratio:.2f}x, {verdict}")

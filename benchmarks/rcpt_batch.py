@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -25,6 +23,8 @@ from pymap_deliver.delivery import DeliveryOptions, PymapBackend
 from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 from tests.lmtp_client import LMTPClient, tcp_port
+
+from .harness import work_directory
 
 
 async def _pipelined(client: LMTPClient, users: Sequence[str]) -> float:
@@ -88,11 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if pymap_executable() is None:
         print("real pymap not installed (make pymap-venv)", file=sys.stderr)
         return 1
-    workdir = Path(tempfile.mkdtemp(prefix="rcpt-bench-"))
-    try:
+    with work_directory("rcpt-bench-") as workdir:
         pipelined, sequential = asyncio.run(run(args.count, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     n = args.count - 1
     print(f"{n} pipelined RCPTs, distinct known users, uncached, real pymap (dict):")
     print(f"  pipelined (one write)      {pipelined:6.2f} s to the last reply (target <= 1 s)")

@@ -22,24 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.fast_path import ROOT, _set_users, token_records  # noqa: E402
-from benchmarks.lmtp_load import (  # noqa: E402
-    SMTP_SOURCE,
+from .fast_path import token_records
+from .harness import (
     Deliver,
     imap_count,
     make_message,
     recipients_of,
+    set_users,
     smtp_source,
+    smtp_source_installed,
+    work_directory,
 )
 
 USERS = 50
@@ -66,13 +62,13 @@ class Run:
         self.pymap.start()
         self.minted_since_start = 0
         if self.backend == "dict" or self.pymap.starts == 1:
-            asyncio.run(_set_users(self.pymap.socket_path, self.pymap.token_path, self.users))
+            asyncio.run(set_users(self.pymap.socket_path, self.pymap.token_path, self.users))
 
     def start_deliver(self) -> None:
         self.deliver_starts += 1
         self.deliver = Deliver(self.pymap.socket_path, self.pymap.token_path,
                                log=self.workdir / f"deliver-{self.deliver_starts}.log",
-                               extra=[*ROOT])
+                               )
 
     def stop_deliver(self) -> None:
         assert self.deliver is not None
@@ -137,7 +133,7 @@ def run(backend: str, workdir: Path) -> None:
             state.pymap.restart()
             state.minted_since_start = 0
             if backend == "dict":
-                asyncio.run(_set_users(state.pymap.socket_path, state.pymap.token_path,
+                asyncio.run(set_users(state.pymap.socket_path, state.pymap.token_path,
                                        state.users))
             state.start_deliver()
             state.lmtp(2)
@@ -155,19 +151,13 @@ def run(backend: str, workdir: Path) -> None:
 
 
 def main() -> int:
-    if not Path(SMTP_SOURCE).exists():
-        print(f"{SMTP_SOURCE} not found (Debian package postfix)", file=sys.stderr)
+    if not smtp_source_installed():
         return 1
-    workdir = Path(tempfile.mkdtemp(prefix="token-store-"))
-    os.environ["XDG_CACHE_HOME"] = str(workdir / "cache")
-    try:
+    with work_directory("token-store-") as workdir:
         print("pymap's token store on the login-token fast path (pymap 0.36.7):", flush=True)
         for backend in ("dict", "maildir"):
             run(backend, workdir / backend)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

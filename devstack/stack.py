@@ -23,7 +23,7 @@ import smtplib
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -60,6 +60,34 @@ def sample_message() -> bytes:
     return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
 
 
+@contextlib.asynccontextmanager
+async def _delivering(settings: ConnectionSettings, port: int, once: bool,
+                      unix: Sequence[UnixEndpoint] = ()) -> AsyncIterator[AdminClient]:
+    """pymap-deliver in front of the pymap of ``settings``, on loopback TCP
+    ``port`` (and ``unix``), with the sample delivered over LMTP and its reply
+    shown; the block shows what came of it; then serves until stopped
+    (``once``: stops at once)."""
+    config = ServerConfig(tcp=(TcpEndpoint(host="127.0.0.1", port=port),), unix=tuple(unix),
+                          lmtp=LMTPOptions(hostname=socket.gethostname() or "localhost"))
+    async with AdminClient(settings) as client:
+        backend = PymapBackend(client, DeliveryOptions(hostname=config.hostname))
+        server = DeliveryServer(backend, config)
+        await server.start()
+        install_signal_handlers(asyncio.get_running_loop(), server)
+        print(f"\ndelivering a sample message to {DEMO_USER} over LMTP ...", flush=True)
+        reply = await asyncio.to_thread(_lmtp_reply, port, sample_message())
+        print(f"LMTP reply: {reply}")
+        yield client
+        print("Press Ctrl-C to stop.", flush=True)
+        if once:
+            server.stop()
+        await server.wait_closed()
+
+
+def _show_newest(stored: Sequence[bytes]) -> None:
+    print(stored[-1].decode("utf-8", "replace").replace("\r\n", "\n"))
+
+
 async def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pymap-stack-"))
     pymap = PymapServer(workdir=workdir)
@@ -69,32 +97,17 @@ async def run(args: argparse.Namespace) -> int:
         settings = ConnectionSettings(path=pymap.socket_path, token_file=pymap.token_path)
         lmtp_socket = workdir / "lmtp.sock"
         port = args.port or free_port()
-        config = ServerConfig(tcp=(TcpEndpoint(host="127.0.0.1", port=port),),
-                              unix=(UnixEndpoint(path=str(lmtp_socket), mode=0o666),),
-                              lmtp=LMTPOptions(hostname=socket.gethostname() or "localhost"))
-        async with AdminClient(settings) as client:
-            backend = PymapBackend(client, DeliveryOptions(hostname=config.hostname))
-            server = DeliveryServer(backend, config)
-            await server.start()
-            install_signal_handlers(asyncio.get_running_loop(), server)
-
-            data = sample_message()
-            print(f"\ndelivering a sample message to {DEMO_USER} over LMTP ...", flush=True)
-            reply = await asyncio.to_thread(_lmtp_reply, port, data)
-            print(f"LMTP reply: {reply}")
+        async with _delivering(settings, port, args.once,
+                               unix=[UnixEndpoint(path=str(lmtp_socket), mode=0o666)]):
             stored = await asyncio.to_thread(pymap.fetch_all)
             print(f"\nread back over IMAP (INBOX of {DEMO_USER}, newest message):\n")
-            print(stored[-1].decode("utf-8", "replace").replace("\r\n", "\n"))
+            _show_newest(stored)
             print("pymap-deliver is serving. Point your MTA at it:")
             print(f"  postfix:  mailbox_transport = lmtp:inet:127.0.0.1:{port}")
             print(f"            (or lmtp:unix:{lmtp_socket})")
             print(f"  IMAP:     127.0.0.1:{pymap.imap_port}  user {DEMO_USER} / {DEMO_PASSWORD}")
             print(f"  admin:    pymap-admin --path {pymap.socket_path} "
                   f"--token-file {pymap.token_path} ping")
-            print("Press Ctrl-C to stop.", flush=True)
-            if args.once:
-                server.stop()
-            await server.wait_closed()
     finally:
         print("stopping pymap ...", flush=True)
         await asyncio.to_thread(pymap.stop)
@@ -122,26 +135,16 @@ async def run_cluster(args: argparse.Namespace) -> int:
         settings = ConnectionSettings(
             endpoints=tuple(EndpointAddress(path=path) for path in cluster.socket_paths()))
         port = args.port or free_port()
-        config = ServerConfig(tcp=(TcpEndpoint(host="127.0.0.1", port=port),),
-                              lmtp=LMTPOptions(hostname=socket.gethostname() or "localhost"))
-        async with AdminClient(settings) as client:
-            backend = PymapBackend(client, DeliveryOptions(hostname=config.hostname))
-            server = DeliveryServer(backend, config)
-            await server.start()
-            install_signal_handlers(asyncio.get_running_loop(), server)
-            before = [e.operations["Append"] for e in client.pool.endpoints]
-            data = sample_message()
-            print(f"\ndelivering a sample message to {DEMO_USER} over LMTP ...", flush=True)
-            reply = await asyncio.to_thread(_lmtp_reply, port, data)
-            print(f"LMTP reply: {reply}")
-            # The member that took the Append, and another one to read from.
+        async with _delivering(settings, port, args.once) as client:
+            # The member that took the Append (the only one that made
+            # one), and another one to read from.
             stored_by = max(range(cluster.size),
-                            key=lambda i: client.pool.endpoints[i].operations["Append"] - before[i])
+                            key=lambda i: client.pool.endpoints[i].operations["Append"])
             reader = (stored_by + 1) % cluster.size
             stored = await asyncio.to_thread(cluster.members[reader].fetch_all)
             print(f"\nstored through member {stored_by}; read back over IMAP through "
                   f"member {reader} (INBOX of {DEMO_USER}, newest message):\n")
-            print(stored[-1].decode("utf-8", "replace").replace("\r\n", "\n"))
+            _show_newest(stored)
             print("pymap-deliver is serving, in front of every member. Point your MTA at it:")
             print(f"  postfix:  mailbox_transport = lmtp:inet:127.0.0.1:{port}")
             for index, member in enumerate(cluster.members):
@@ -151,10 +154,6 @@ async def run_cluster(args: argparse.Namespace) -> int:
             print(f"  redis:    {cluster.redis.url}")
             paths = " ".join(f"--path {path}" for path in cluster.socket_paths())
             print(f"  admin:    pymap-admin {paths} get-user {DEMO_USER}")
-            print("Press Ctrl-C to stop.", flush=True)
-            if args.once:
-                server.stop()
-            await server.wait_closed()
     finally:
         print("stopping the cluster ...", flush=True)
         await asyncio.to_thread(cluster.cleanup)

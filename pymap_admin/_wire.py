@@ -2,7 +2,7 @@
 
 - :class:`SerializedAppend`: an AppendRequest serialized by hand around its
   ``data`` field, so a large message is not copied into a protobuf message
-  and out again;
+  and out again (its other fields: :class:`~pymap_admin._messages.AppendHead`);
 - :class:`Codec`: grpclib's protobuf codec that also sends a
   :class:`SerializedAppend` as it is;
 - :class:`StatusDetailsCodec`: error details decoded without importing their
@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec, ProtoStatusDetailsCodec
 
+from ._messages import APPEND_REQUEST, AppendHead, field_key, varint
+
 if TYPE_CHECKING:
     from grpclib.testing import ChannelFor
 
@@ -39,31 +41,8 @@ __all__ = [
 ]
 
 
-def _data_tag() -> bytes:
-    """The key of AppendRequest's ``data`` field (number << 3 | wire type 2,
-    length-delimited), read from the descriptor rather than written down."""
-    from google.protobuf.descriptor import FieldDescriptor
-
-    from .grpc.admin_pb2 import AppendRequest
-
-    field = AppendRequest.DESCRIPTOR.fields_by_name["data"]
-    assert field.type == FieldDescriptor.TYPE_BYTES
-    return _varint(field.number << 3 | 2)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-_DATA_TAG: bytes | None = None
+#: The key of AppendRequest's ``data`` field (length-delimited).
+_DATA_TAG = field_key(APPEND_REQUEST["data"])
 
 
 class SerializedAppend:
@@ -72,19 +51,18 @@ class SerializedAppend:
     Building the protobuf message would copy the message into it, and
     serializing would copy it again, on top of grpclib's framing copy: for a
     50 MB message that is three copies besides the caller's. Here the other
-    fields are serialized by protobuf and the data field is appended after
-    them (the wire format allows fields in any order; a test checks that the
-    result parses back to the same request), in one join.
+    fields are serialized first (an :class:`~pymap_admin._messages.AppendHead`,
+    or a generated AppendRequest without ``data``) and the data field is
+    appended after them (the wire format allows fields in any order; a test
+    checks that the result parses back to the same request), in one join.
     """
 
     __slots__ = ("payload",)
 
-    def __init__(self, request: admin_pb2.AppendRequest, prefix: bytes, data: bytes) -> None:
-        global _DATA_TAG
-        if _DATA_TAG is None:
-            _DATA_TAG = _data_tag()
+    def __init__(self, request: AppendHead | admin_pb2.AppendRequest, prefix: bytes,
+                 data: bytes) -> None:
         self.payload = b"".join((request.SerializeToString(), _DATA_TAG,
-                                 _varint(len(prefix) + len(data)), prefix, data))
+                                 varint(len(prefix) + len(data)), prefix, data))
 
 
 class Codec(ProtoCodec):

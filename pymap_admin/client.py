@@ -18,9 +18,9 @@ from operator import attrgetter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from grpclib.client import Channel
+from grpclib.client import Channel, UnaryUnaryMethod
 
-from . import errors
+from . import _messages, errors
 from ._wire import SerializedAppend, make_channel
 from .logintokens import LoginTokens, NoLoginTokens, TokenCacheFolder
 from .pool import DEFAULT_HEALTH_INTERVAL, Endpoint, EndpointPool, Metadata, MethodOf
@@ -84,11 +84,24 @@ class UserInfo:
     response: str = ""
 
 
+def _unary(name: str, request_type: type, reply_type: type) -> MethodOf:
+    """A call with the messages of :mod:`pymap_admin._messages` (no
+    protobuf runtime); ``name`` is the generated stub's (a test compares)."""
+    def method(endpoint: Endpoint) -> UnaryUnaryMethod[Any, Any]:
+        return UnaryUnaryMethod(endpoint.channel, name, request_type, reply_type)
+
+    return method
+
+
 # Each endpoint's method for each call (pool.MethodOf).
 _PING: MethodOf = attrgetter("system.Ping")
 _LOGIN: MethodOf = attrgetter("system.Login")
 _CHECK: MethodOf = attrgetter("health.Check")
-_APPEND: MethodOf = attrgetter("mailbox.Append")
+#: The calls of a delivery, with messages that need no protobuf runtime.
+_MINT_LOGIN: MethodOf = _unary("/pymapadmin.grpc.System/Login", _messages.LoginRequest,
+                               _messages.LoginResponse)
+_APPEND: MethodOf = _unary("/pymapadmin.grpc.Mailbox/Append", SerializedAppend,
+                           _messages.AppendResponse)
 _GET_USER: MethodOf = attrgetter("user.GetUser")
 _SET_USER: MethodOf = attrgetter("user.SetUser")
 _DELETE_USER: MethodOf = attrgetter("user.DeleteUser")
@@ -312,11 +325,9 @@ class AdminClient:
         """A login token for ``user``, authorized by the admin token (one
         0.3 s call and one record in pymap's token store, except on redis).
         None if the user does not exist."""
-        from .grpc.admin_pb2 import LoginRequest
-
         try:
-            response = await self._authenticated("Login", _LOGIN, LoginRequest(authcid=user),
-                                                 user)
+            response = await self._authenticated("Login", _MINT_LOGIN,
+                                                 _messages.LoginRequest(user), user)
         except errors.UserNotFound:
             return None
         token = response.bearer_token
@@ -407,16 +418,9 @@ class AdminClient:
         while the request is serialized, not before, so a large message is
         not held once more for it.
         """
-        from .grpc.admin_pb2 import AppendRequest
-
-        request = AppendRequest(user=user, flags=list(flags),
-                                when=int(time.time() if when is None else when))
-        if sender is not None:
-            request.sender = sender
-        if recipient is not None:
-            request.recipient = recipient
-        if mailbox is not None:
-            request.mailbox = mailbox
+        request = _messages.AppendHead(user, sender=sender, recipient=recipient,
+                                       mailbox=mailbox, flags=flags,
+                                       when=int(time.time() if when is None else when))
         response = await self._authenticated("Append", _APPEND,
                                              SerializedAppend(request, prefix, data), user,
                                              timeout=timeout, fast=True)

@@ -19,7 +19,7 @@ module on every delivery, and a NamedTuple costs a tenth as much to define.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -34,6 +34,7 @@ __all__ = [
     "parse_bool",
     "read_ini",
     "valued_flags",
+    "version_action",
 ]
 
 
@@ -251,6 +252,33 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
+
+
+def version_action(prog: str, detail: Callable[[], str] = lambda: "") -> type:
+    """An argparse action for ``--version``: ``prog``, the installed
+    version of pymap-deliver (the distribution both programs ship in) and
+    ``detail()``, looked up only when asked for (importlib.metadata is slow)."""
+    import argparse
+
+    class Version(argparse.Action):
+        def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                     default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+            super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                     values: object, option_string: str | None = None) -> None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                ours = version("pymap-deliver")
+            except PackageNotFoundError:
+                ours = "unknown"
+            import sys
+
+            sys.stdout.write(f"{prog} {ours}{detail()}\n")
+            parser.exit()
+
+    return Version
 
 
 # --- INI files, with line numbers ---------------------------------------------

@@ -212,6 +212,8 @@ class Outcome:
     reply: Reply
     exit_status: ExitStatus
 
+    # What ``pymap-admin append`` reports; the daemon sends ``reply`` itself.
+
     @property
     def code(self) -> int:
         return self.reply.code
@@ -219,10 +221,6 @@ class Outcome:
     @property
     def enhanced(self) -> str:
         return self.reply.enhanced
-
-    @property
-    def text(self) -> str:
-        return self.reply.text
 
     @property
     def status_text(self) -> str:
@@ -234,10 +232,6 @@ class Outcome:
     @property
     def delivered(self) -> bool:
         return self.reply.positive
-
-    @property
-    def permanent(self) -> bool:
-        return self.reply.permanent
 
 
 def _row(code: int, enhanced: str, text: str, exit_status: ExitStatus) -> Outcome:

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import itertools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -46,7 +47,10 @@ from .stats import ClientStats
 from .tokens import TokenSource
 
 if TYPE_CHECKING:
+    from grpclib.health.v1.health_grpc import HealthStub
+
     from ._channel import H2Channel
+    from .grpc.admin_grpc import MailboxStub, SystemStub, UserStub
 
 __all__ = ["DEFAULT_HEALTH_INTERVAL", "Endpoint", "EndpointPool"]
 
@@ -61,27 +65,24 @@ DEFAULT_PROBE_TIMEOUT = 2.0
 DEFAULT_BACKOFF = (0.1, 2.0)
 
 
+#: Endpoint attribute -> (module, class) of its stub.
+_STUBS = {"system": ("pymap_admin.grpc.admin_grpc", "SystemStub"),
+          "mailbox": ("pymap_admin.grpc.admin_grpc", "MailboxStub"),
+          "user": ("pymap_admin.grpc.admin_grpc", "UserStub"),
+          "health": ("grpclib.health.v1.health_grpc", "HealthStub")}
+
+
 class Endpoint:
     """One admin endpoint: its channel, stubs and live state."""
 
     def __init__(self, target: str, channel: Channel | H2Channel,
                  tokens: TokenSource | None = None) -> None:
-        from grpclib.health.v1.health_grpc import HealthStub
-
-        from .grpc.admin_grpc import MailboxStub, SystemStub, UserStub
-
         self.target = target
         self.channel = channel
         #: This endpoint's own admin token, where it has one (a cluster
         #: member's, which the other members trust only once SWIM has
         #: converged); None: the client's token.
         self.tokens = tokens
-        # The generated stubs only call the channel's request().
-        stub_channel = cast(Channel, channel)
-        self.system = SystemStub(stub_channel)
-        self.mailbox = MailboxStub(stub_channel)
-        self.user = UserStub(stub_channel)
-        self.health = HealthStub(stub_channel)
         self.healthy = True
         self.in_flight = 0
         #: Calls started here, in all and per operation (tests, the
@@ -92,6 +93,25 @@ class Endpoint:
         self.last_probe = 0.0
         self.wake = asyncio.Event()
         self.watcher: asyncio.Task[None] | None = None
+
+    # The stubs (system, mailbox, user, health) are made on first use:
+    # importing them loads protobuf's runtime, which a delivery's own calls
+    # do without (pymap_admin._messages). They only call the channel's
+    # request(), which H2Channel has as grpclib's Channel does.
+    if TYPE_CHECKING:
+        system: SystemStub
+        mailbox: MailboxStub
+        user: UserStub
+        health: HealthStub
+
+    def __getattr__(self, name: str) -> Any:
+        where = _STUBS.get(name)
+        if where is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        module, stub_class = where
+        stub = getattr(importlib.import_module(module), stub_class)(self.channel)
+        setattr(self, name, stub)
+        return stub
 
     def __repr__(self) -> str:
         state = "up" if self.healthy else "down"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError
 from .options import CONNECTION_OPTIONS, Option, read_ini
+from .options import port as parse_port
 
 if TYPE_CHECKING:
     import ssl
@@ -58,13 +59,23 @@ def config_home() -> Path:
 
 
 def _temp_home() -> Path:
-    folder = os.environ.get("TMPDIR")
-    if not folder:
-        # Imported here: tempfile costs a delivery by pymap-admin append ~3 ms.
-        import tempfile
-
-        folder = tempfile.gettempdir()
+    folder = os.environ.get("TMPDIR") or _temp_folder()
     return Path(folder) / "pymap"
+
+
+def _temp_folder() -> str:
+    """Where ``tempfile.gettempdir()`` (and so pymap) puts its files: the
+    first of $TEMP, $TMP (after $TMPDIR), /tmp, /var/tmp, /usr/tmp that we
+    may write to. Looked up without importing tempfile, which would cost
+    every delivery by ``pymap-admin append`` ~5 ms (random, shutil); left
+    to tempfile when none of them will do."""
+    candidates = [os.environ.get(name) for name in ("TEMP", "TMP")]
+    for folder in [*candidates, "/tmp", "/var/tmp", "/usr/tmp"]:
+        if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return os.path.abspath(folder)
+    import tempfile
+
+    return tempfile.gettempdir()
 
 
 def discover(name: str) -> Path | None:
@@ -380,12 +391,9 @@ def parse_host(text: str, default_port: int | None) -> tuple[str, int | None]:
 
 def _port(number: str, text: str) -> int:
     try:
-        port = int(number)
-    except ValueError:
-        raise ConfigurationError(f"host: not HOST:PORT: {text!r}") from None
-    if not 0 < port < 65536:
-        raise ConfigurationError(f"port out of range: {port}")
-    return port
+        return parse_port(number)
+    except ValueError as exc:
+        raise ConfigurationError(f"host: {exc} in {text!r}") from None
 
 
 def _split_endpoints(values: dict[str, object]) -> None:

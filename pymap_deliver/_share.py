@@ -11,47 +11,26 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from collections.abc import Callable
-from importlib import import_module
 from pathlib import Path
 
-__all__ = ["COMMANDS", "build_share", "completion", "manpage", "shipped_share"]
+from pymap_admin.manual import MANUAL as ADMIN_MANUAL
+from pymap_admin.manual import SHELLS, Manual
 
-#: command -> (module with ``build_parser()``, man section, manual title,
-#: the one-line summary in NAME)
-COMMANDS: dict[str, tuple[str, int, str, str]] = {
-    "pymap-deliver": ("pymap_deliver.config", 8, "System Manager's Manual",
-                      "LMTP delivery agent storing mail into pymap"),
-    "pymap-admin": ("pymap_admin.cli.args", 1, "User Commands",
-                    "command line client of pymap's admin API"),
-}
-SHELLS = {"bash": "{prog}", "zsh": "_{prog}"}
+__all__ = ["MANUALS", "build_share", "shipped_share"]
 
 
-def _parser(command: str) -> argparse.ArgumentParser:
-    module = COMMANDS[command][0]
-    build_parser: Callable[[], argparse.ArgumentParser] = import_module(module).build_parser
+def _daemon_parser() -> argparse.ArgumentParser:
+    from .config import build_parser
+
     return build_parser()
 
 
-def manpage(command: str, version: str) -> str:
-    """The man page of ``command`` (roff), from its argument parser."""
-    from argparse_manpage.manpage import Manpage
-
-    _, section, title, summary = COMMANDS[command]
-    page = Manpage(_parser(command), _data={
-        "project_name": "pymap-deliver", "version": version,
-        "manual_section": section, "manual_title": title, "description": summary,
-    })
-    return str(page)
-
-
-def completion(command: str, shell: str) -> str:
-    """The ``shell`` completion script of ``command``, from its parser."""
-    import shtab
-
-    script: str = shtab.complete(_parser(command), shell=shell)
-    return script
+#: The programs this distribution installs, each with its manual.
+MANUALS: tuple[Manual, ...] = (
+    Manual("pymap-deliver", 8, "System Manager's Manual",
+           "LMTP delivery agent storing mail into pymap", _daemon_parser),
+    ADMIN_MANUAL,
+)
 
 
 def build_share(target: Path, contrib: Path, version: str) -> None:
@@ -65,12 +44,12 @@ def build_share(target: Path, contrib: Path, version: str) -> None:
         shutil.copyfile(contrib.parent / name, target / "doc" / name)
     (target / "man").mkdir(parents=True)
     (target / "completion").mkdir()
-    for command, (_, section, _, _) in COMMANDS.items():
-        (target / "man" / f"{command}.{section}").write_text(manpage(command, version))
-        for shell, name in SHELLS.items():
+    for manual in MANUALS:
+        (target / "man" / manual.page_name).write_text(manual.manpage(version))
+        for shell in SHELLS:
             (target / "completion" / shell).mkdir(exist_ok=True)
-            (target / "completion" / shell / name.format(prog=command)).write_text(
-                completion(command, shell))
+            (target / "completion" / shell / manual.completion_name(shell)).write_text(
+                manual.completion(shell))
 
 
 def shipped_share() -> Path | None:

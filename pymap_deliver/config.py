@@ -21,7 +21,7 @@ import grp
 import os
 import pwd
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,6 +36,7 @@ from pymap_admin.options import (
     positive,
     read_ini,
     text,
+    version_action,
 )
 
 from .delivery import DeliveryOptions
@@ -81,23 +82,21 @@ def mode(value: str) -> int:
     return number
 
 
-def user_name(value: str) -> str:
-    """A user that exists here (a name or a numeric id)."""
-    if not value.isdigit():
-        try:
-            pwd.getpwnam(value)
-        except KeyError:
-            raise ValueError(f"no such user: {value!r}") from None
-    return value
+def _known(lookup: Callable[[str], object], kind: str) -> Callable[[str], str]:
+    """A parser of names that must exist here (a numeric id is taken as given)."""
+    def name(value: str) -> str:
+        if not value.isdigit():
+            try:
+                lookup(value)
+            except KeyError:
+                raise ValueError(f"no such {kind}: {value!r}") from None
+        return value
+
+    return name
 
 
-def group_name(value: str) -> str:
-    if not value.isdigit():
-        try:
-            grp.getgrnam(value)
-        except KeyError:
-            raise ValueError(f"no such group: {value!r}") from None
-    return value
+user_name = _known(pwd.getpwnam, "user")
+group_name = _known(grp.getgrnam, "group")
 
 
 def hostname(value: str) -> str:
@@ -229,25 +228,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-class _Version(argparse.Action):
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
-                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: object, option_string: str | None = None) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            ours = version("pymap-deliver")
-        except PackageNotFoundError:
-            ours = "unknown"
-        import sys
-
-        sys.stdout.write(f"{PROG} {ours}\n")
-        parser.exit()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, allow_abbrev=False,
@@ -256,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "section shown in brackets, under its name "
                     f"(default file: {DEFAULT_CONFIG}).",
     )
-    parser.add_argument("--version", action=_Version, help="show the version and exit")
+    parser.add_argument("--version", action=version_action(PROG),
+                        help="show the version and exit")
     parser.add_argument("-c", "--config", metavar="PATH", type=Path,
                         help=f"the config file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG} "
                              "if it exists)")

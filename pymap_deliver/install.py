@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
+from pymap_admin.outcomes import ExitStatus
+
 __all__ = ["Plan", "main", "plan"]
 
 #: The install path the contrib units name, replaced by the real one.
@@ -210,4 +212,4 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
               "version, or run again with --force", file=stream)
     print("next: systemctl daemon-reload; systemctl enable --now pymap.service "
           "pymap-deliver.socket", file=stream)
-    return 0
+    return ExitStatus.OK

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -176,11 +176,12 @@ class DroppingServer:
                 await reader.read(self.read_bytes)
         writer.transport.abort()
 
-    async def __aenter__(self) -> DroppingServer:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_unix_server(self._on_connect, path=str(self.path))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._server is not None
         self._server.close()
-        await self._server.wait_closed()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -30,6 +31,18 @@ _UNUSED_SERVICES = {"maildrop", "uucp", "ifmail", "bsmtp", "scalemail-backend", 
 
 def postfix_available() -> bool:
     return os.path.exists(POSTFIX) and DEBIAN_MASTER_CF.exists() and os.geteuid() == 0
+
+
+def stop_deliver(process: subprocess.Popen[bytes]) -> int:
+    """Stops a pymap-deliver process as systemd does (SIGTERM, killed after
+    30 s): its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
 
 
 def render(name: str, replacements: Mapping[str, str]) -> str:

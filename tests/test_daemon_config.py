@@ -3,6 +3,7 @@ that round-trips through --print-config, errors that name the line."""
 
 from __future__ import annotations
 
+import ast
 import io
 import subprocess
 import sys
@@ -204,3 +205,20 @@ def test_the_daemon_does_not_import_the_admin_cli() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_no_daemon_module_imports_the_admin_cli() -> None:
+    # Not even where a page of pymap-admin's manual is built (_share): that
+    # goes through pymap_admin.manual, which builds the parser itself.
+    package = Path(__file__).resolve().parent.parent / "pymap_deliver"
+    found = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}: {name}" for name in names
+                      if name.split(".")[:2] == ["pymap_admin", "cli"]]
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.startswith("pymap_admin.cli"):
+                found.append(f"{path.name}: {node.value!r}")
+    assert found == []

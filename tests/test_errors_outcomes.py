@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import errno
 import ssl
+from pathlib import Path
 
 import pytest
 from grpclib.const import Status
@@ -142,4 +144,30 @@ def test_expired_token_says_when() -> None:
     assert "expired at 2026-01-01" in str(error)
     outcome = outcomes.outcome_for_error(error)
     assert outcome.code == 451
-    assert "2026-01-01" in outcome.text
+    assert "2026-01-01" in outcome.reply.text
+
+
+def _int_literals_returned(source: str) -> list[int]:
+    """Lines where a ``return`` hands back an int literal, directly or as a
+    branch of a conditional expression."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Return) or node.value is None:
+            continue
+        values = [node.value]
+        if isinstance(node.value, ast.IfExp):
+            values = [node.value.body, node.value.orelse]
+        if any(isinstance(v, ast.Constant) and type(v.value) is int for v in values):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_every_exit_status_is_named_in_exit_status() -> None:
+    # Exit statuses are a contract with the MTA (sysexits): each comes from
+    # ExitStatus, so a reader finds them all in one enum.
+    root = Path(__file__).resolve().parent.parent
+    paths = [*sorted((root / "pymap_admin" / "cli").glob("*.py")),
+             root / "pymap_deliver" / "main.py", root / "pymap_deliver" / "install.py"]
+    found = {str(path.relative_to(root)): lines for path in paths
+             if (lines := _int_literals_returned(path.read_text()))}
+    assert found == {}

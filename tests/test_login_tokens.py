@@ -258,86 +258,78 @@ async def test_token_refused_for_another_user(server: PymapServer, tmp_path: Pat
     assert [b"for-alice" in m for m in stored(server, alice)] == [True]
 
 
-async def test_concurrent_clients_mint_one_token(tmp_path: Path) -> None:
+async def test_concurrent_clients_mint_one_token(tmp_path: Path,
+                                                 maildir_pymap: PymapServer) -> None:
     """Five processes' worth of clients delivering to a new user at once
     share one cache folder: one of them mints, the store gets one record."""
-    require_pymap()
-    server = make_maildir_server(tmp_path / "pymap")
-    server.start()
+    server = maildir_pymap
+    user = await new_user(server)
+    cache = tmp_path / "cache"
+    clients = [AdminClient(settings(server, cache), short_lived=True) for _ in range(5)]
     try:
-        user = await new_user(server)
-        cache = tmp_path / "cache"
-        clients = [AdminClient(settings(server, cache), short_lived=True) for _ in range(5)]
-        try:
-            await asyncio.gather(*(c.append(user, message(f"m{i}"))
-                                   for i, c in enumerate(clients)))
-            for client in clients:
-                await client.__aexit__(None, None, None)
-        finally:
-            for client in clients:
-                client.close()
-        assert sum(stats(c).mints for c in clients) == 1
-        assert maildir_token_records(server) == 1
-        assert len(stored(server, user)) == 5
+        await asyncio.gather(*(c.append(user, message(f"m{i}"))
+                               for i, c in enumerate(clients)))
+        for client in clients:
+            await client.__aexit__(None, None, None)
     finally:
-        cleanup(server)
+        for client in clients:
+            client.close()
+    assert sum(stats(c).mints for c in clients) == 1
+    assert maildir_token_records(server) == 1
+    assert len(stored(server, user)) == 5
 
 
-async def test_nothing_lost_or_duplicated_across_a_restart_mid_load(tmp_path: Path) -> None:
+async def test_nothing_lost_or_duplicated_across_a_restart_mid_load(
+        tmp_path: Path, maildir_pymap: PymapServer) -> None:
     """maildir under load from one client; pymap is restarted mid-way with its
     token store wiped, so every cached login token is refused at once. Each
     message the client confirmed is stored exactly once; one that failed
     (pymap down) is retried, as an MTA would, until confirmed."""
-    require_pymap()
-    server = make_maildir_server(tmp_path / "pymap")
-    server.start()
-    try:
-        users = [await new_user(server) for _ in range(4)]
-        cache = tmp_path / "cache"
-        tags = [f"m{i:03d}-{uuid.uuid4().hex[:6]}" for i in range(120)]
-        confirmed: dict[str, int] = {}
-        uncertain: set[str] = set()
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        for tag in tags:
-            queue.put_nowait(tag)
+    server = maildir_pymap
+    users = [await new_user(server) for _ in range(4)]
+    cache = tmp_path / "cache"
+    tags = [f"m{i:03d}-{uuid.uuid4().hex[:6]}" for i in range(120)]
+    confirmed: dict[str, int] = {}
+    uncertain: set[str] = set()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for tag in tags:
+        queue.put_nowait(tag)
 
-        async with AdminClient(settings(server, cache, timeout=20.0)) as client:
-            async def worker() -> None:
-                while not queue.empty():
-                    tag = queue.get_nowait()
-                    user = users[int(tag[1:4]) % len(users)]
-                    while True:
-                        try:
-                            await client.append(user, message(tag))
-                        except TransportError:
-                            # Connection lost mid-call: stored or not, we
-                            # cannot know (at-least-once); try again later.
-                            uncertain.add(tag)
-                            await asyncio.sleep(0.2)
-                            continue
-                        confirmed[tag] = confirmed.get(tag, 0) + 1
-                        break
+    async with AdminClient(settings(server, cache, timeout=20.0)) as client:
+        async def worker() -> None:
+            while not queue.empty():
+                tag = queue.get_nowait()
+                user = users[int(tag[1:4]) % len(users)]
+                while True:
+                    try:
+                        await client.append(user, message(tag))
+                    except TransportError:
+                        # Connection lost mid-call: stored or not, we
+                        # cannot know (at-least-once); try again later.
+                        uncertain.add(tag)
+                        await asyncio.sleep(0.2)
+                        continue
+                    confirmed[tag] = confirmed.get(tag, 0) + 1
+                    break
 
-            async def restart() -> None:
-                await until(lambda: len(confirmed) >= 40 and stats(client).fast_calls > 10)
-                server.stop()
-                (Path(server.backend[1]) / "pymap-tokens").write_text("")
-                server.start()
+        async def restart() -> None:
+            await until(lambda: len(confirmed) >= 40 and stats(client).fast_calls > 10)
+            server.stop()
+            (Path(server.backend[1]) / "pymap-tokens").write_text("")
+            server.start()
 
-            await asyncio.gather(restart(), *(worker() for _ in range(8)))
-            assert stats(client).refused >= 1
-        assert sorted(confirmed) == sorted(tags)
-        assert set(confirmed.values()) == {1}
-        counts: dict[str, int] = {}
-        for user in users:
-            for stored_message in stored(server, user):
-                tag = subject(stored_message)
-                counts[tag] = counts.get(tag, 0) + 1
-        assert sorted(counts) == sorted(tags)  # nothing lost
-        duplicated = {tag for tag, n in counts.items() if n > 1}
-        assert duplicated <= uncertain  # only after a lost connection
-    finally:
-        cleanup(server)
+        await asyncio.gather(restart(), *(worker() for _ in range(8)))
+        assert stats(client).refused >= 1
+    assert sorted(confirmed) == sorted(tags)
+    assert set(confirmed.values()) == {1}
+    counts: dict[str, int] = {}
+    for user in users:
+        for stored_message in stored(server, user):
+            tag = subject(stored_message)
+            counts[tag] = counts.get(tag, 0) + 1
+    assert sorted(counts) == sorted(tags)  # nothing lost
+    duplicated = {tag for tag, n in counts.items() if n > 1}
+    assert duplicated <= uncertain  # only after a lost connection
 
 
 # --- falling back to the admin token ---------------------------------------
@@ -442,52 +434,44 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-async def test_append_processes_share_the_cache(tmp_path: Path) -> None:
-    require_pymap()
-    server = make_maildir_server(tmp_path / "pymap")
-    server.start()
-    try:
-        user = await new_user(server)
-        env = cli_env(tmp_path)
-        first = run_append(server, user, "one", env, "--debug")
-        assert first.returncode == 0, first.stderr
-        assert "minted a login token" in first.stderr
-        second = run_append(server, user, "two", env, "--debug")
-        assert second.returncode == 0, second.stderr
-        assert "login token from the cache" in second.stderr
-        assert "minted" not in second.stderr
-        for tag in ("three", "four"):
-            assert run_append(server, user, tag, env).returncode == 0
-        assert maildir_token_records(server) == 1
-        assert len(stored(server, user)) == 4
-        folder = Path(env["XDG_CACHE_HOME"]) / "pymap" / "login-tokens"
-        assert folder.stat().st_mode & 0o777 == 0o700
-    finally:
-        cleanup(server)
+async def test_append_processes_share_the_cache(tmp_path: Path,
+                                                maildir_pymap: PymapServer) -> None:
+    server = maildir_pymap
+    user = await new_user(server)
+    env = cli_env(tmp_path)
+    first = run_append(server, user, "one", env, "--debug")
+    assert first.returncode == 0, first.stderr
+    assert "minted a login token" in first.stderr
+    second = run_append(server, user, "two", env, "--debug")
+    assert second.returncode == 0, second.stderr
+    assert "login token from the cache" in second.stderr
+    assert "minted" not in second.stderr
+    for tag in ("three", "four"):
+        assert run_append(server, user, tag, env).returncode == 0
+    assert maildir_token_records(server) == 1
+    assert len(stored(server, user)) == 4
+    folder = Path(env["XDG_CACHE_HOME"]) / "pymap" / "login-tokens"
+    assert folder.stat().st_mode & 0o777 == 0o700
 
 
-async def test_append_without_a_usable_cache_keeps_to_the_admin_token(tmp_path: Path) -> None:
+async def test_append_without_a_usable_cache_keeps_to_the_admin_token(
+        tmp_path: Path, maildir_pymap: PymapServer) -> None:
     """A short-lived process that cannot keep a login token does not mint one
     (that would add a record to pymap's store per message): one warning line,
     the admin token, the message delivered."""
-    require_pymap()
-    server = make_maildir_server(tmp_path / "pymap")
-    server.start()
-    try:
-        user = await new_user(server)
-        blocker = tmp_path / "not-a-folder"
-        blocker.write_text("")
-        env = cli_env(tmp_path, PYMAP_ADMIN_TOKEN_CACHE=str(blocker / "cache"))
-        for tag in ("one", "two"):
-            done = run_append(server, user, tag, env)
-            assert done.returncode == 0, done.stderr
-            assert done.stdout.startswith("2.0.0")
-            lines = [line for line in done.stderr.splitlines() if "admin token" in line]
-            assert len(lines) == 1, done.stderr
-        assert maildir_token_records(server) == 0
-        assert len(stored(server, user)) == 2
-    finally:
-        cleanup(server)
+    server = maildir_pymap
+    user = await new_user(server)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    env = cli_env(tmp_path, PYMAP_ADMIN_TOKEN_CACHE=str(blocker / "cache"))
+    for tag in ("one", "two"):
+        done = run_append(server, user, tag, env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("2.0.0")
+        lines = [line for line in done.stderr.splitlines() if "admin token" in line]
+        assert len(lines) == 1, done.stderr
+    assert maildir_token_records(server) == 0
+    assert len(stored(server, user)) == 2
 
 
 def test_cache_ignores_entries_not_private(tmp_path: Path,

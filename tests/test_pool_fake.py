@@ -6,7 +6,6 @@ test_cluster.py."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pymap_admin.grpc import admin_pb2 as pb
 from pymap_admin.outcomes import outcome_for_error
 from pymap_admin.settings import EndpointAddress
 
-from .fake_admin import FakeAdmin, RunningFake, _default_append
+from .fake_admin import DroppingServer, FakeAdmin, RunningFake, _default_append
 from .test_tokens import admin_token
 
 #: In every message these tests append: how a dropping server tells an
@@ -30,15 +29,14 @@ from .test_tokens import admin_token
 BODY = b"Subject: x\r\n\r\nx\r\n"
 
 
-class DropAfterRequest:
+class DropAfterRequest(DroppingServer):
     """Reads what the client sends until it pauses (the whole request is
     in), then aborts the connection: the call was sent and gets no answer.
     ``requests`` counts the connections that carried an Append of BODY."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        super().__init__(path)
         self.requests = 0
-        self._server: asyncio.AbstractServer | None = None
 
     async def _on_connect(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
@@ -54,16 +52,6 @@ class DropAfterRequest:
         if BODY in received:
             self.requests += 1
         writer.transport.abort()
-
-    async def __aenter__(self) -> DropAfterRequest:
-        self._server = await asyncio.start_unix_server(self._on_connect, path=str(self.path))
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
 class HealthyFake(RunningFake):

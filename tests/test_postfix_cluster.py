@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from devstack.cluster import PymapCluster
 from devstack.localpymap import free_port
 
 from ._require import require, require_tool
-from .postfix import PostfixInstance, postfix_available, render
+from .postfix import PostfixInstance, postfix_available, render, stop_deliver
 from .test_cluster import PASSWORD, USER, prepare
 
 pytestmark = pytest.mark.postfix
@@ -45,13 +44,7 @@ class DeliverProcess:
     log: Path
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait()
+        return stop_deliver(self.process)
 
 
 def start_deliver(name: str, cluster: PymapCluster, token_file: Path, folder: Path

@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pymap_admin import AdminClient
 
 from ._require import require, require_tool
 from .conftest import create_user, require_pymap, socket_settings
-from .postfix import PostfixInstance, postfix_available, render
+from .postfix import PostfixInstance, postfix_available, render, stop_deliver
 
 pytestmark = pytest.mark.postfix
 
@@ -47,13 +46,7 @@ class Agent:
     log: Path
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait()
+        return stop_deliver(self.process)
 
 
 def start_agent(server: PymapServer, postfix: PostfixInstance, workdir: Path, port: int,

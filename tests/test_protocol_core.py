@@ -27,27 +27,9 @@ from pymap_deliver.protocol import (
     LMTPOptions,
 )
 
-DELIVERED = Reply(250, "2.0.0", "Message delivered")
-UNKNOWN = Reply(550, "5.1.1", "User unknown")
-DEFERRED = Reply(451, "4.4.1", "Mail store unreachable")
+from .protocol_driver import DEFERRED, DELIVERED, UNKNOWN, next_question, parse_replies
 
 Verdict = Reply | BaseException | None
-
-
-def parse_replies(out: bytes) -> list[tuple[int, str, str]]:
-    """(code, enhanced or "", text) per reply; multi-line replies count once."""
-    replies = []
-    for raw in out.split(b"\r\n")[:-1]:
-        assert len(raw) <= MAX_REPLY_LINE - 2, raw
-        text = raw.decode("utf-8")
-        if text[3] == "-":
-            continue
-        first, _, rest = text[4:].partition(" ")
-        if first[:1] in "245" and first.count(".") == 2 and first[0] == text[0]:
-            replies.append((int(text[:3]), first, rest))
-        else:
-            replies.append((int(text[:3]), "", text[4:]))
-    return replies
 
 
 @dataclass
@@ -69,14 +51,8 @@ class Driver:
                                clock=lambda: 1700000000.0)
 
     def run(self) -> None:
-        while True:
-            event = self.conn.next_event()
-            if event is NEED_DATA:
-                return
-            assert event is not PAUSED
-            if event is FLUSH:
-                self.out += self.conn.data_to_send()
-            elif isinstance(event, CheckRecipients):
+        while (event := next_question(self.conn, self.out)) is not None:
+            if isinstance(event, CheckRecipients):
                 self.batches.append(event.addresses)
                 self.conn.recipients_checked([self.verdict(a) for a in event.addresses])
             elif isinstance(event, Deliver):

@@ -22,9 +22,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pymap_admin.outcomes import Reply
 from pymap_deliver.protocol import (
-    FLUSH,
-    NEED_DATA,
-    PAUSED,
     CheckRecipients,
     Close,
     Connection,
@@ -33,12 +30,14 @@ from pymap_deliver.protocol import (
     LMTPOptions,
 )
 
-from .test_protocol_core import parse_replies
-
-DELIVERED = Reply(250, "2.0.0", "Message delivered")
-REJECTED = Reply(550, "5.7.1", "Rejected by Sieve")
-DEFERRED = Reply(451, "4.4.1", "Mail store unreachable")
-UNKNOWN = Reply(550, "5.1.1", "User unknown")
+from .protocol_driver import (
+    DEFERRED,
+    DELIVERED,
+    REJECTED,
+    UNKNOWN,
+    next_question,
+    parse_replies,
+)
 
 COMMANDS = [
     b"LHLO client.example", b"MAIL FROM:<s@x>", b"MAIL FROM:<> BODY=8BITMIME",
@@ -98,14 +97,13 @@ class LMTPSessionMachine(RuleBasedStateMachine):
         self.replies += parse_replies(out)
 
     def pump(self) -> None:
+        out = bytearray()
         while self.pending is None and self.closed is None:
-            event = self.conn.next_event()
-            if event is NEED_DATA:
+            event = next_question(self.conn, out)
+            self.replies += parse_replies(bytes(out))
+            out.clear()
+            if event is None:
                 break
-            assert event is not PAUSED
-            if event is FLUSH:
-                self.collect()
-                continue
             if isinstance(event, Close):
                 self.collect()
                 self.closed = event

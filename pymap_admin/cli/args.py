@@ -22,12 +22,13 @@ annotations would be compiled one by one into ForwardRefs).
 """
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from ..options import CONNECTION_OPTIONS, add_arguments, valued_flags
+from ..options import CONNECTION_OPTIONS, add_arguments, valued_flags, version_action
 from .connection import add_connection_arguments, connection_options
 
 if TYPE_CHECKING:
@@ -73,30 +74,23 @@ class UsageError(Exception):
 
 
 class GlobalOptions(NamedTuple):
-    """The options before the command name: the connection table's flags
-    (a test keeps this list equal to the table), ``--json`` and ``--debug``."""
+    """The options before the command name: ``given``, the flags of the
+    connection table by option name as parsed (None: not given), and
+    ``--json`` and ``--debug``."""
 
-    config: Path | None = None
-    host: str | None = None
-    port: int | None = None
-    path: Path | None = None
-    token_file: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    cafile: Path | None = None
-    capath: Path | None = None
-    no_verify_cert: bool = False
-    tls: bool | None = None
-    all_addresses: bool = False
-    timeout: float | None = None
-    login_tokens: bool | None = None
-    token_cache: str | None = None
+    given: Mapping[str, Any]
     json: bool = False
     debug: bool = False
 
+    @property
+    def config(self) -> Path | None:
+        """``--config``."""
+        config: Path | None = self.given.get("config")
+        return config
+
     def connection(self) -> dict[str, object | None]:
         """The connection settings given on the command line (None: not given)."""
-        return connection_options(self)
+        return connection_options(self.given)
 
 
 class Options(NamedTuple):
@@ -157,40 +151,59 @@ def spec(name: str) -> CommandSpec:
     return found
 
 
+#: >0 while help or usage text is being made (see _Parser).
+_for_display = 0
+
+
+@contextmanager
+def _terminal_width() -> Iterator[None]:
+    global _for_display
+    _for_display += 1
+    try:
+        yield
+    finally:
+        _for_display -= 1
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's own formatter, at the terminal's width only for display;
+    otherwise at the width argparse takes off a terminal (80 - 2), which
+    also keeps the generated man pages the same wherever they are built."""
+    return argparse.HelpFormatter(prog, width=None if _for_display else 78)
+
+
 class _Parser(argparse.ArgumentParser):
     """Raises UsageError instead of printing and exiting with status 2;
-    never accepts an abbreviated option (a landmine in scripts)."""
+    never accepts an abbreviated option (a landmine in scripts).
+
+    argparse makes a help formatter for every ``add_argument`` (to check the
+    metavar), and each looks up the terminal's width, importing shutil: a
+    few ms of every delivery. Those get a fixed width; only help and usage
+    text made by :meth:`format_help` and :meth:`format_usage` get the
+    terminal's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _formatter)
         super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        with _terminal_width():
+            return super().format_help()
+
+    def format_usage(self) -> str:
+        with _terminal_width():
+            return super().format_usage()
 
     def error(self, message: str) -> NoReturn:
         name = self.prog.removeprefix(PROG).strip() or None
         raise UsageError(message, name)
 
 
-class _VersionAction(argparse.Action):
-    """``--version``, looked up only when asked for (importlib.metadata is slow)."""
+def _protocol() -> str:
+    from ..client import PROTOCOL_VERSION
 
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
-                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: object, option_string: str | None = None) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        from ..client import PROTOCOL_VERSION
-
-        try:
-            ours = version("pymap-deliver")
-        except PackageNotFoundError:
-            ours = "unknown"
-        import sys
-
-        sys.stdout.write(f"{PROG} {ours} (admin protocol {PROTOCOL_VERSION})\n")
-        parser.exit()
+    return f" (admin protocol {PROTOCOL_VERSION})"
 
 
 def timestamp(value: str) -> float:
@@ -270,6 +283,8 @@ _TOP_LEVEL = frozenset(COMMANDS)
 
 #: Global options that take a value: skipped when looking for the command name.
 _VALUED = valued_flags(CONNECTION_OPTIONS)
+#: The connection options given by a flag.
+_FLAGGED = tuple(o.name for o in CONNECTION_OPTIONS if o.flag)
 
 
 def command_name(argv: Sequence[str]) -> str | None:
@@ -297,7 +312,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                     "the config file (see save-args).",
         parents=[_common(False)],
     )
-    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
+    parser.add_argument("--version", action=version_action(PROG, _protocol),
+                        help="show the version and exit")
     add_connection_arguments(parser)
 
     common = [_common(True)]
@@ -322,8 +338,8 @@ def parse_args(argv: Sequence[str]) -> Options:
         ns = parser.parse_args(list(argv))
     if ns.command is None:
         parser.error("expected a command name")
-    glob = GlobalOptions(**{name: getattr(ns, name) for name in GlobalOptions._fields})
-    if glob.key is not None and glob.cert is None:
+    glob = GlobalOptions({name: getattr(ns, name) for name in _FLAGGED}, ns.json, ns.debug)
+    if glob.given["key"] is not None and glob.given["cert"] is None:
         parser.error("--key needs --cert")
 
     def error(message: str) -> NoReturn:

@@ -15,15 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Generic, NamedTuple, TextIO, TypeVar
 
-from ..errors import AdminError
+from ..errors import AdminError, ConfigurationError
+from ..outcomes import ExitStatus
 from .args import PROG, GlobalOptions, Options
 
 if TYPE_CHECKING:
     from ..client import AdminClient
     from ..settings import ConnectionSettings
 
-__all__ = ["Command", "Field", "Streams", "Symbol", "ask_secret", "read_secret_file",
-           "text_format", "write_private"]
+__all__ = ["Command", "Field", "OfflineCommand", "Streams", "Symbol", "ask_secret",
+           "read_secret_file", "text_format", "write_private"]
 
 _O = TypeVar("_O", bound="tuple[Any, ...]")
 
@@ -166,7 +167,7 @@ class Command(Generic[_O]):
             return self.fail(exc)
         except KeyboardInterrupt:
             self.error("interrupted")
-            return 130
+            return ExitStatus.INTERRUPTED
 
     async def execute(self) -> int:
         raise NotImplementedError
@@ -215,7 +216,7 @@ class Command(Generic[_O]):
         return {"type": type(exc).__name__, "key": getattr(exc, "key", None),
                 "message": self.describe(exc)}
 
-    def fail(self, exc: BaseException, status: int = 1) -> int:
+    def fail(self, exc: BaseException, status: int = ExitStatus.FAILURE) -> int:
         """An expected failure: one line on stderr (and the traceback with
         --debug); with --json also ``{"error": …}`` on stdout."""
         if self.globals.debug:
@@ -227,3 +228,17 @@ class Command(Generic[_O]):
             self.print(dumps({"error": self.error_data(exc)}) + "\n")
         return status
 
+
+
+class OfflineCommand(Command[_O]):
+    """A command that needs no server (``save-args``, the ``token``
+    actions), so no event loop either: ``act`` returns the exit status."""
+
+    def run(self) -> int:
+        try:
+            return self.act()
+        except (OSError, ValueError, ConfigurationError) as exc:
+            return self.fail(exc)
+
+    def act(self) -> int:
+        raise NotImplementedError

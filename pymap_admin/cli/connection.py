@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 from ..options import CONNECTION_OPTIONS, add_arguments
@@ -21,11 +22,10 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, _GLOBAL)
 
 
-def connection_options(parsed: Any) -> dict[str, object | None]:
-    """The connection settings of a parsed command line (a Namespace or typed
-    options with the same names) for :func:`load_settings`; None: not given."""
-    options: dict[str, object | None] = {
-        name: getattr(parsed, name, None) for name in CONFIG_KEYS}
+def connection_options(parsed: Mapping[str, Any]) -> dict[str, object | None]:
+    """The connection settings of a parsed command line (option name ->
+    value) for :func:`load_settings`; None: not given."""
+    options: dict[str, object | None] = {name: parsed.get(name) for name in CONFIG_KEYS}
     # A switch that was not given must not override the environment.
     options["no_verify_cert"] = True if options["no_verify_cert"] else None
     return options

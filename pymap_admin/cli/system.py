@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import UnexpectedStatus
+from ..outcomes import ExitStatus
 from .args import CommandSpec, timestamp
 from .base import (
     Command,
@@ -55,7 +56,7 @@ class PingCommand(Command[PingOptions]):
                   {"pymap_version": ping.pymap_version,
                    "pymap_admin_version": ping.pymap_admin_version,
                    "response": ping.response})
-        return 0
+        return ExitStatus.OK
 
 
 class CheckCommand(Command[CheckOptions]):
@@ -69,7 +70,7 @@ class CheckCommand(Command[CheckOptions]):
                 if exc.status is None or exc.status.name != "NOT_FOUND":
                     raise
                 self.fail(ValueError(f"unknown service: {self.options.service!r}"))
-                return 1
+                return ExitStatus.FAILURE
         status = Symbol("SERVING" if serving else "NOT_SERVING")
         if self.globals.json:
             self.emit([], {"service": self.options.service, "status": status,
@@ -82,7 +83,7 @@ class CheckCommand(Command[CheckOptions]):
                 status=HealthCheckResponse.SERVING if serving
                 else HealthCheckResponse.NOT_SERVING))
             (self.streams.stdout if serving else self.streams.stderr).write(answer)
-        return 0 if serving else 1
+        return ExitStatus.OK if serving else ExitStatus.FAILURE
 
 
 class LoginCommand(Command[LoginOptions]):
@@ -120,7 +121,7 @@ class LoginCommand(Command[LoginOptions]):
                    "token_file": str(saved) if saved else None})
         if saved is not None:
             print(f"Token file written: {saved}", file=self.streams.stderr)
-        return 0
+        return ExitStatus.OK
 
 
 def _login_arguments(login: argparse.ArgumentParser, common: Any) -> None:

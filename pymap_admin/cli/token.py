@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import ConfigurationError
+from ..outcomes import ExitStatus
 from ..tokens import TokenSource, attenuate, inspect_token
 from .args import CommandSpec, duration, timestamp
-from .base import Command, Field, write_private
+from .base import Command, Field, OfflineCommand, write_private
 
 __all__ = ["SPECS", "TokenAttenuateCommand", "TokenAttenuateOptions", "TokenShowCommand",
            "TokenShowOptions"]
@@ -46,16 +47,10 @@ def _token(command: Command[Any], from_stdin: bool) -> str:
     return TokenSource(token=settings.token, path=settings.token_path()).current()
 
 
-class TokenShowCommand(Command[TokenShowOptions]):
+class TokenShowCommand(OfflineCommand[TokenShowOptions]):
     """Show a token's kind, user, caveats and expiry; never its signature."""
 
-    def run(self) -> int:
-        try:
-            return self._show()
-        except (ValueError, OSError, ConfigurationError) as exc:
-            return self.fail(exc)
-
-    def _show(self) -> int:
+    def act(self) -> int:
         info = inspect_token(_token(self, self.options.stdin))
         expires = info.expires.isoformat() if info.expires else None
         fields: list[Field] = [("kind", info.kind), ("location", info.location),
@@ -67,19 +62,13 @@ class TokenShowCommand(Command[TokenShowOptions]):
                            "identifier": info.identifier, "authcid": info.authcid,
                            "authzid": info.authzid, "expires": expires,
                            "expired": info.expired(), "caveats": list(info.caveats)})
-        return 0
+        return ExitStatus.OK
 
 
-class TokenAttenuateCommand(Command[TokenAttenuateOptions]):
+class TokenAttenuateCommand(OfflineCommand[TokenAttenuateOptions]):
     """A narrower token: for one user, until a time."""
 
-    def run(self) -> int:
-        try:
-            return self._attenuate()
-        except (ValueError, OSError, ConfigurationError) as exc:
-            return self.fail(exc)
-
-    def _attenuate(self) -> int:
+    def act(self) -> int:
         options = self.options
         expires = None
         if options.expires is not None:
@@ -97,7 +86,7 @@ class TokenAttenuateCommand(Command[TokenAttenuateOptions]):
         else:
             self.emit([("bearer_token", narrowed)],
                       {"bearer_token": narrowed, "authzid": options.user, "expires": shown})
-        return 0
+        return ExitStatus.OK
 
 
 def _arguments(token: Any, common: Any) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..client import UserInfo
+from ..outcomes import ExitStatus
 from .args import CommandSpec, param
 from .base import Command, ask_secret, read_secret_file, result_message
 
@@ -72,7 +73,7 @@ def _new_password(command: Command[Any], options: SetUserOptions | ChangePasswor
 def _show(command: Command[Any], info: UserInfo) -> int:
     show_hash = bool(getattr(command.options, "show_password_hash", False))
     command.emit(_message(info, show_hash), _data(info, show_hash))
-    return 0
+    return ExitStatus.OK
 
 
 class GetUserCommand(Command[GetUserOptions]):
@@ -116,7 +117,7 @@ class DeleteUserCommand(Command[DeleteUserOptions]):
 
         self.emit(UserResponse(user=self.options.user),
                   {"user": self.options.user, "deleted": True})
-        return 0
+        return ExitStatus.OK
 
 
 def _user(parser: Any) -> None:
