@@ -37,16 +37,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 import select
 import socket
 import ssl as _ssl
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from grpclib.const import Status
 from grpclib.encoding.base import CodecBase, StatusDetailsCodecBase
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
-from grpclib.metadata import decode_bin_value, decode_grpc_message, encode_timeout
+from grpclib.metadata import decode_bin_value, decode_grpc_message
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -85,6 +87,20 @@ _H2_CONFIG = H2Configuration(
     validate_outbound_headers=False, normalize_outbound_headers=False,
     validate_inbound_headers=False, normalize_inbound_headers=False,
 )
+
+
+@lru_cache(maxsize=64)
+def _whole_seconds(seconds: int) -> bytes:
+    return f"{seconds}S".encode()
+
+
+def _timeout_header(timeout: float) -> bytes:
+    """``grpc-timeout`` in whole seconds, rounded up: the same value call
+    after call, so that HPACK sends it as one index instead of adding a new
+    entry to the server's table each time (which would push the tokens out
+    of it). The client keeps the exact deadline and cancels the call
+    (RST_STREAM) when it passes; the server's is only a bound."""
+    return _whole_seconds(max(1, math.ceil(timeout)))
 
 
 class _Answer:
@@ -560,7 +576,7 @@ class H2Channel:
             (b":authority", self._authority),
         ]
         if timeout is not None:
-            headers.append((b"grpc-timeout", encode_timeout(timeout).encode()))
+            headers.append((b"grpc-timeout", _timeout_header(timeout)))
         headers += ((b"te", b"trailers"), (b"content-type", _CONTENT_TYPE))
         if metadata:
             headers += self._encode_metadata(metadata.items())

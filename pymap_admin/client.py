@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from grpclib.client import Channel, UnaryUnaryMethod
 
@@ -88,7 +88,9 @@ def _unary(name: str, request_type: type, reply_type: type) -> MethodOf:
     """A call with the messages of :mod:`pymap_admin._messages` (no
     protobuf runtime); ``name`` is the generated stub's (a test compares)."""
     def method(endpoint: Endpoint) -> UnaryUnaryMethod[Any, Any]:
-        return UnaryUnaryMethod(endpoint.channel, name, request_type, reply_type)
+        # The method only calls the channel's request(), which H2Channel has.
+        return UnaryUnaryMethod(cast(Channel, endpoint.channel), name, request_type,
+                                reply_type)
 
     return method
 

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 
 from pymap_admin import AdminClient, AppendResult, errors
 from pymap_admin.outcomes import Outcome, Reply, delivered, outcome_for_error
@@ -59,6 +59,12 @@ class DeliveryOptions:
             raise ValueError("max_bytes_in_flight must be positive")
         if self.lookup_cache_ttl < 0:
             raise ValueError("lookup_cache_ttl must not be negative")
+
+
+@lru_cache(maxsize=64)
+def _delivered(discarded: bool, queue_id: str) -> Outcome:
+    # Every recipient of a message stored: one reply, made and checked once.
+    return delivered(discarded=discarded, queue_id=queue_id)
 
 
 class ByteBudget:
@@ -274,7 +280,7 @@ class PymapBackend:
                 # A +detail naming a folder that does not exist goes to INBOX.
                 mailbox = None
                 result = await self._append(message, target, headers, mailbox)
-            outcome = delivered(discarded=result.discarded, queue_id=queue_id)
+            outcome = _delivered(result.discarded, queue_id)
             self.stats.pymap_reachable = True
         except errors.UserNotFound as exc:
             # A user deleted between RCPT and DATA: forget the cached "exists".
