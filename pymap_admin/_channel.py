@@ -573,7 +573,9 @@ class H2Channel:
         (so the next call opens a new one instead of being written into a
         dead socket and failing after it was sent). True if it did."""
         conn = self.usable_connection()
-        if conn is None or not conn.peer_gone():
+        # A call already started in this loop turn (its send is pending)
+        # looked: the answer holds until the loop reads from sockets again.
+        if conn is None or conn._flush_scheduled or not conn.peer_gone():
             return False
         conn.lost = True
         conn.abort()
