@@ -100,6 +100,19 @@ def test_save_args_creates_private_config(pymap: PymapServer) -> None:
     assert run("get-user", DEMO_USER).status == 0
 
 
+def test_save_args_makes_every_path_absolute(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two cluster members' sockets given relative to the current directory.
+    monkeypatch.chdir(tmp_path)
+    saved = run("--path", "a.sock", "--path", "sub/b.sock", "--token-file", "token",
+                "--cafile", "~/ca.pem", "save-args")
+    assert saved.status == 0, saved.stderr
+    text = (Path(os.environ["XDG_CONFIG_HOME"]) / "pymap" / "pymap-admin.conf").read_text()
+    assert f"path = {tmp_path / 'a.sock'},{tmp_path / 'sub' / 'b.sock'}\n" in text, text
+    assert f"token_file = {tmp_path / 'token'}\n" in text, text
+    assert f"cafile = {Path.home() / 'ca.pem'}\n" in text, text
+
+
 def test_login_failures(pymap: PymapServer) -> None:
     wrong = run(*via(pymap), "login", "--password", "wrong", DEMO_USER)
     assert wrong.status == 1 and "InvalidAuth" in wrong.stderr and not wrong.stdout
