@@ -249,6 +249,21 @@ def test_append_server_down_and_socket_missing(fresh_pymap: PymapServer, tmp_pat
     assert ping.status == 1 and len(ping.stderr.strip().splitlines()) == 1
 
 
+def test_append_warnings_come_after_the_status_line(pymap: PymapServer, tmp_path: Path
+                                                    ) -> None:
+    """pipe(8) reads stdout and stderr as one stream and takes the status
+    from its start: a library warning (here: no token cache can be made,
+    even by root, under a regular file) comes after the status line."""
+    (tmp_path / "file").write_text("")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "file" / "cache")}
+    proc = subprocess.run([str(SCRIPT), *via(pymap), "append", DEMO_USER], input=message(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                          timeout=60, check=False)
+    lines = proc.stdout.decode().splitlines()
+    assert (proc.returncode, lines[0]) == (0, "2.0.0 Message delivered"), lines
+    assert any("login tokens unavailable" in line for line in lines[1:]), lines
+
+
 def test_append_command_line_mistakes_defer(pymap: PymapServer, tmp_path: Path) -> None:
     typo = run(*via(pymap), "append", "--form", "a@b", DEMO_USER, stdin=message())
     assert typo.status == 75 and typo.first_line.startswith("4.3.5 ")
