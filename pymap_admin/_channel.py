@@ -48,7 +48,6 @@ from typing import Any
 from grpclib.const import Status
 from grpclib.encoding.base import CodecBase, StatusDetailsCodecBase
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
-from grpclib.metadata import decode_bin_value, decode_grpc_message
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -485,6 +484,10 @@ class _Call:
             raise GRPCError(Status.UNKNOWN, f"Invalid grpc-status: {raw.decode()!r}") from None
         if status is Status.OK:
             return
+        # Imported for an error only: grpclib.metadata loads multidict, ~10 ms
+        # of every start of pymap-admin append.
+        from grpclib.metadata import decode_bin_value, decode_grpc_message
+
         message = headers.get(b"grpc-message")
         text = decode_grpc_message(message.decode("ascii")) if message is not None else None
         details = None
