@@ -61,7 +61,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import H2Error
+from h2.exceptions import H2Error, TooManyStreamsError
 from h2.settings import SettingCodes
 from hpack import Encoder
 
@@ -186,6 +186,8 @@ class _Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self._buffered = 0
         self._writable: asyncio.Future[None] | None = None
+        #: Calls waiting for a stream of ours to end (the server's limit).
+        self._stream_waiters: list[asyncio.Future[None]] = []
         #: Writes asked for and sends made: tests and benchmarks read them.
         self.writes = 0
         self.sends = 0
@@ -236,11 +238,15 @@ class _Connection(asyncio.Protocol):
                 answer = answers.pop(event.stream_id, None)
                 if answer is not None and not answer.done.done():
                     answer.done.set_result(None)
+                if self._stream_waiters:
+                    self._wake_stream_waiters()
             elif isinstance(event, StreamReset):
                 answer = answers.pop(event.stream_id, None)
                 if answer is not None:
                     self._fail(answer, "Stream reset by remote party, error_code: "
                                f"{event.error_code}")
+                if self._stream_waiters:
+                    self._wake_stream_waiters()
             elif isinstance(event, ConnectionTerminated):
                 self.going_away = True
                 last = event.last_stream_id or 0
@@ -270,6 +276,7 @@ class _Connection(asyncio.Protocol):
         self.lost = True
         self.transport = None
         self._fail_all("Connection lost")
+        self._wake_stream_waiters()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
 
@@ -301,6 +308,22 @@ class _Connection(asyncio.Protocol):
             self.sends += 1
             self.transport.write(data)
 
+    async def stream_ended(self, timeout: float | None) -> None:
+        """Wait until one of our streams ends (or the connection is lost)."""
+        waiter = self.loop.create_future()
+        self._stream_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        finally:
+            if waiter in self._stream_waiters:
+                self._stream_waiters.remove(waiter)
+
+    def _wake_stream_waiters(self) -> None:
+        waiters, self._stream_waiters = self._stream_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def writable(self) -> None:
         if self._writable is not None:
             await self._writable
@@ -315,6 +338,8 @@ class _Connection(asyncio.Protocol):
         except H2Error:
             return  # already closed on the server's side
         self.write_soon()
+        if self._stream_waiters:
+            self._wake_stream_waiters()
 
     def peer_gone(self) -> bool:
         """True when the server closed its end and we did not notice yet
@@ -390,24 +415,34 @@ class _Call:
         if conn is None:
             conn = await channel.connect(remaining)
             remaining = self._remaining()
-        if conn._writable is not None:
-            await conn.writable()
-        if not conn.usable:
-            # Lost (or told to go away) while we waited: nothing was sent.
-            raise StreamTerminatedError("Connection lost")
-        self._conn = conn
-        h2 = conn.h2
-        stream_id = h2.get_next_available_stream_id()
+        body = channel.codec.encode(message, self._request_type)
+        frame = b"".join((b"\0", len(body).to_bytes(4, "big"), body))
         headers = channel.request_headers(self._path, remaining, self._metadata)
+        while True:
+            if conn._writable is not None:
+                await conn.writable()
+            if not conn.usable:
+                # Lost (or told to go away) while we waited: nothing was sent.
+                raise StreamTerminatedError("Connection lost")
+            h2 = conn.h2
+            stream_id = h2.get_next_available_stream_id()
+            try:
+                h2.send_headers(stream_id, headers)
+                break
+            except TooManyStreamsError:
+                # The server's limit of concurrent streams (h2's default is
+                # 100; the daemon allows more calls in flight): wait for one
+                # of ours to end, as grpclib does.
+                await conn.stream_ended(self._remaining())
+            except H2Error as exc:
+                raise ProtocolError(str(exc)) from exc
+        self._conn = conn
         answer = self._answer = _Answer(channel.loop.create_future())
         conn.answers[stream_id] = answer
         self._stream_id = stream_id
-        if remaining is not None:
-            self._timer = channel.loop.call_at(self._deadline, self._expire)  # type: ignore[arg-type]
-        body = channel.codec.encode(message, self._request_type)
-        frame = b"".join((b"\0", len(body).to_bytes(4, "big"), body))
+        if self._deadline is not None:
+            self._timer = channel.loop.call_at(self._deadline, self._expire)
         try:
-            h2.send_headers(stream_id, headers)
             if len(frame) <= h2.local_flow_control_window(stream_id) and \
                     len(frame) <= h2.max_outbound_frame_size:
                 h2.send_data(stream_id, frame, end_stream=True)

@@ -90,3 +90,27 @@ async def test_header_blocks_of_indexes_are_reused_and_decode_right(tmp_path: Pa
     assert len(fake.calls) == 13
     for call in fake.calls:
         assert inspect_token(call.metadata["auth-token"]).authzid == call.request.user
+
+
+async def test_calls_beyond_the_servers_stream_limit_wait_for_a_free_stream(
+        tmp_path: Path) -> None:
+    """grpclib's server (pymap's) allows 100 concurrent streams; the daemon
+    allows more calls in flight. The ones over the limit wait for a stream
+    to end instead of failing."""
+    release = asyncio.Event()
+    fake = FakeAdmin()
+
+    async def held(request: Any) -> Any:
+        await release.wait()
+        return pb.AppendResponse(result=pb.Result(code=pb.SUCCESS), mailbox="INBOX", uid=1)
+
+    fake.script["Append"] = held
+    async with RunningFake(fake, tmp_path / "s.sock"), _client(tmp_path) as client:
+        calls = [asyncio.create_task(client.append(f"u{i}", b"x")) for i in range(130)]
+        while fake.in_flight < 100:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert fake.in_flight == 100 and not any(call.done() for call in calls)
+        release.set()
+        results = await asyncio.gather(*calls)
+    assert len(results) == 130 and fake.max_in_flight == 100
