@@ -134,6 +134,14 @@ class PymapBackend:
             self._lookups.clear()
         self._options = options
 
+    def replace_client(self, client: AdminClient) -> AdminClient:
+        """Calls from now on go through ``client`` (SIGHUP with new connection
+        settings); calls under way finish on the old one, which is returned
+        for the caller to close once they are done."""
+        old, self._client = self._client, client
+        self._lookups.clear()  # what another store says may differ
+        return old
+
     # --- RCPT ------------------------------------------------------------
 
     async def check_recipient(self, address: str) -> Reply | None:

@@ -5,8 +5,9 @@ listeners, drop privileges (:mod:`pymap_deliver.privileges`), read the token,
 probe pymap and say in one line whether it answers, then tell systemd we are
 ready (:mod:`pymap_deliver.notify`). Signals: SIGTERM/SIGINT stop gracefully,
 SIGHUP re-reads the config file and the token and reopens the log file
-(sessions stay open; an invalid new configuration is logged and the old one
-kept), SIGUSR1 logs a status line.
+(sessions stay open; changed pymap connection settings get a new client,
+calls under way finish on the old one; an invalid new configuration is
+logged and the old one kept), SIGUSR1 logs a status line.
 
 Every exit status comes from :class:`pymap_admin.outcomes.ExitStatus`.
 """
@@ -19,7 +20,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -69,8 +70,16 @@ class Daemon:
         self.settings: ConnectionSettings | None = None
         self.stats = Stats()
         self.metrics: MetricsServer | None = None
+        #: Probes and the closing of clients a SIGHUP replaced.
+        self._background: set[asyncio.Task[object]] = set()
 
     # --- start-up -----------------------------------------------------------
+
+    @property
+    def _client(self) -> AdminClient:
+        """The client calls go through now (a SIGHUP may replace it)."""
+        assert self.client is not None
+        return self.client
 
     def _after_bind(self) -> None:
         """Sockets are bound, nothing accepted yet: become the serving user."""
@@ -103,56 +112,71 @@ class Daemon:
                         pymap=self.settings.target))
         return serving
 
-    async def run(self) -> int:
+    @staticmethod
+    def _new_client(settings: ConnectionSettings) -> AdminClient:
         from pymap_admin.client import AdminClient
+
+        client = AdminClient(settings)
+        if not client.tokens.configured:
+            client.close()
+            raise ConfigurationError(
+                "no admin token: set PYMAP_ADMIN_TOKEN or token_file in [pymap] "
+                "(pymap writes one to $TMPDIR/pymap/pymap-admin.token)")
+        return client
+
+    async def run(self) -> int:
         from pymap_admin.settings import load_settings
 
+        config = self.config
+        self.settings = load_settings(config.connection, config_file=config.admin_config)
+        self.client = self._new_client(self.settings)
+        try:
+            return await self._serve(config, self.client)
+        finally:
+            self._client.close()
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _serve(self, config: DaemonConfig, client: AdminClient) -> int:
         from .delivery import PymapBackend
         from .notify import notify
         from .server import DeliveryServer
 
-        config = self.config
-        self.settings = load_settings(config.connection, config_file=config.admin_config)
-        async with AdminClient(self.settings) as client:
-            self.client = client
-            if not client.tokens.configured:
-                raise ConfigurationError(
-                    "no admin token: set PYMAP_ADMIN_TOKEN or token_file in [pymap] "
-                    "(pymap writes one to $TMPDIR/pymap/pymap-admin.token)")
-            assert config.server.delivery is not None
-            self.backend = PymapBackend(client, config.server.delivery)
-            self.backend.stats = self.stats
-            self.server = server = DeliveryServer(self.backend, config.server, stats=self.stats)
-            if config["metrics"] is not None:
-                self.metrics = MetricsServer.for_daemon(
-                    config["metrics"], self.stats, sessions=lambda: server.session_count,
-                    in_flight=lambda: self.backend.in_flight if self.backend else 0,
-                    token_reads=lambda: client.tokens.reads,
-                    token_mints=lambda: client.tokens_minted,
-                    serving=lambda: not server.stopping, pool=client.pool)
-                await self.metrics.start()
-            try:
-                await server.start(after_bind=self._after_bind)
-            except BaseException:
-                if self.metrics is not None:
-                    self.metrics.close()
-                raise
-            try:
-                # Read as the serving user: it must be able to re-read it later.
-                client.tokens.current()
-            except ConfigurationError:
-                server.stop()
-                await server.wait_closed()
-                raise
-            self._install_signal_handlers()
-            await self.probe()
-            notify("READY=1", f"STATUS=serving, pymap "
-                   f"{'reachable' if self.stats.pymap_reachable else 'unreachable'}",
-                   f"MAINPID={os.getpid()}")
-            await server.wait_closed()
+        assert config.server.delivery is not None
+        self.backend = PymapBackend(client, config.server.delivery)
+        self.backend.stats = self.stats
+        self.server = server = DeliveryServer(self.backend, config.server, stats=self.stats)
+        if config["metrics"] is not None:
+            self.metrics = MetricsServer.for_daemon(
+                config["metrics"], self.stats, sessions=lambda: server.session_count,
+                in_flight=lambda: self.backend.in_flight if self.backend else 0,
+                token_reads=lambda: self._client.tokens.reads,
+                token_mints=lambda: self._client.tokens_minted,
+                serving=lambda: not server.stopping, pool=client.pool)
+            await self.metrics.start()
+        try:
+            await server.start(after_bind=self._after_bind)
+        except BaseException:
             if self.metrics is not None:
                 self.metrics.close()
-            notify("STOPPING=1")
+            raise
+        try:
+            # Read as the serving user: it must be able to re-read it later.
+            self._client.tokens.current()
+        except ConfigurationError:
+            server.stop()
+            await server.wait_closed()
+            raise
+        self._install_signal_handlers()
+        await self.probe()
+        notify("READY=1", f"STATUS=serving, pymap "
+               f"{'reachable' if self.stats.pymap_reachable else 'unreachable'}",
+               f"MAINPID={os.getpid()}")
+        await server.wait_closed()
+        if self.metrics is not None:
+            self.metrics.close()
+        notify("STOPPING=1")
         return ExitStatus.OK
 
     # --- signals --------------------------------------------------------------
@@ -206,22 +230,20 @@ class Daemon:
         try:
             new = build(self.ns, find_config_file(self.ns.config, os.environ))
             settings = load_settings(new.connection, config_file=new.admin_config)
+            replaced = settings != self.settings
+            if replaced:
+                client = self._new_client(settings)
         except ConfigurationError as exc:
             log.error(event("reload failed: keeping the old configuration",
                       reason=str(exc)))
             return
         changed = sorted(name for name in new.values if new[name] != old[name])
         ignored = [name for name in changed if name in RESTART_ONLY]
-        not_applied = list(ignored)
-        if settings != self.settings:
-            # The client and its connections were made from the old settings.
-            connection = [name for name in changed
-                          if name in new.connection or name == "admin_config"]
-            ignored += connection
-            not_applied += connection or ["pymap connection"]
-        if not_applied:
+        if ignored:
             log.warning(event("reload: not applied, that takes a restart",
-                              options=",".join(not_applied)))
+                              options=",".join(ignored)))
+        if replaced:
+            self._replace_client(client, settings)
         level = getattr(logging, new["log_level"])
         logging.getLogger().setLevel(level)
         reopen_files()
@@ -241,9 +263,38 @@ class Daemon:
             renewed = False
         self.config = dataclasses.replace(new, values={
             **new.values, **{name: old[name] for name in ignored}})
+        if replaced:
+            self._in_background(self.probe())
         log.info(event("reloaded",
             config_file=new.config_file, changed=",".join(changed) or "none",
             token="renewed" if renewed else "unchanged"))
+
+    def _in_background(self, work: Coroutine[object, None, object]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _replace_client(self, client: AdminClient, settings: ConnectionSettings) -> None:
+        """New connection settings: calls from now on use ``client``; the old
+        client is closed once the calls under way on it are done."""
+        assert self.backend is not None and self.settings is not None
+        retired = self.backend.replace_client(client)
+        # Each call on the old client ends within its deadline (timeout),
+        # a failover to a second member within two.
+        grace = 2 * self.settings.timeout + 1.0
+        self.client, self.settings = client, settings
+        if self.metrics is not None:
+            self.metrics.collector.pool = client.pool
+        self._in_background(self._retire(retired, grace))
+        log.info(event("reload: pymap connection replaced", pymap=settings.target,
+                       old_client_closes_in=f"{grace:.0f}s"))
+
+    @staticmethod
+    async def _retire(client: AdminClient, grace: float) -> None:
+        try:
+            await asyncio.sleep(grace)
+        finally:
+            client.close()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DaemonConfig:
