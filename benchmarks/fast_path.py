@@ -21,7 +21,6 @@ time. Afterwards, what maildir's token store (``pymap-tokens``) holds.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,8 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     results: list[Series] = []
     with work_directory("fast-path-bench-", keep=args.keep) as workdir:
-        # pymap-deliver keeps its login tokens here, not in the caller's home.
-        os.environ["XDG_CACHE_HOME"] = str(workdir / "cache")
         opts = load_options(args, workdir, quick_seconds=quick_seconds)
         for backend in args.backends.split(","):
             print(f"real pymap 0.36.7, {backend}:", flush=True)

@@ -97,12 +97,19 @@ def sampling_rss(pid: int, interval: float = 0.005) -> Iterator[list[int]]:
 
 @contextlib.contextmanager
 def work_directory(prefix: str, *, keep: bool = False) -> Iterator[Path]:
-    """A private temporary folder for a run's sockets and logs: removed
-    afterwards, or named (``--keep``) for reading the logs."""
+    """A private temporary folder for a run's sockets, logs and login-token
+    cache (``$XDG_CACHE_HOME``, so no run writes to the caller's home):
+    removed afterwards, or named (``--keep``) for reading the logs."""
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    cache_home = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(workdir / "cache")
     try:
         yield workdir
     finally:
+        if cache_home is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = cache_home
         if keep:
             print(f"\nlogs in {workdir}")
         else:

@@ -154,7 +154,6 @@ def main() -> int:
     if not smtp_source_installed():
         return 1
     with work_directory("token-store-") as workdir:
-        os.environ["XDG_CACHE_HOME"] = str(workdir / "cache")
         print("pymap's token store on the login-token fast path (pymap 0.36.7):", flush=True)
         for backend in ("dict", "maildir"):
             run(backend, workdir / backend)

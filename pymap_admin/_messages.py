@@ -15,7 +15,8 @@ whenever it is set (``sender=""`` is the null sender, not "unknown").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar, Self
 
 __all__ = [
     "APPEND_REQUEST",
@@ -106,107 +107,96 @@ def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
 
 
 def _text(value: int | bytes) -> str:
+    return _bytes(value).decode("utf-8")
+
+
+def _bytes(value: int | bytes) -> bytes:
     if not isinstance(value, bytes):
-        raise ValueError("a text field with a number")
-    return value.decode("utf-8")
+        raise ValueError("a length-delimited field sent as a number")
+    return value
 
 
-def _number(value: int | bytes, bits: int) -> int:
+def _uint32(value: int | bytes) -> int:
     if isinstance(value, bytes):
-        raise ValueError("a number field with bytes")
-    return value & ((1 << bits) - 1)
+        raise ValueError("a number field sent length-delimited")
+    return value & 0xFFFFFFFF
+
+
+def _result(value: int | bytes) -> Result:
+    return Result.FromString(_bytes(value))
+
+
+#: How each kind of field is read, and its value when absent.
+_READ: dict[str, Callable[[int | bytes], Any]] = {
+    "text": _text, "bytes": _bytes, "uint32": _uint32, "result": _result}
+_ABSENT: dict[str, Callable[[], Any]] = {
+    "text": str, "bytes": bytes, "uint32": int, "result": lambda: Result()}
 
 
 class _Message:
     """What the client reads of a response: its fields as attributes, and
-    ``HasField`` for the ``optional`` ones, as on a generated message."""
+    ``HasField`` for the ``optional`` ones, as on a generated message.
+    A subclass names its fields' kinds (``_KINDS``), numbers (``_NUMBERS``)
+    and which are ``optional`` (``_OPTIONAL``)."""
 
     __slots__ = ("_present",)
+    _KINDS: ClassVar[dict[str, str]]
+    _NUMBERS: ClassVar[dict[int, str]]
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
+        for name, kind in self._KINDS.items():
+            setattr(self, name, _ABSENT[kind]())
         self._present: frozenset[str] = frozenset()
+
+    @classmethod
+    def FromString(cls, data: bytes) -> Self:
+        message = cls()
+        seen = set()
+        for number, value in _fields(data):
+            name = cls._NUMBERS.get(number)
+            if name is not None:  # else a field of a later protocol
+                setattr(message, name, _READ[cls._KINDS[name]](value))
+                seen.add(name)
+        message._present = cls._OPTIONAL.intersection(seen)
+        return message
 
     def HasField(self, name: str) -> bool:
         return name in self._present
 
 
+def _numbered(table: dict[str, int]) -> dict[int, str]:
+    return {number: name for name, number in table.items()}
+
+
 class Result(_Message):
     __slots__ = ("code", "key", "response")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.code = 0
-        self.response = b""
-        self.key = ""
-
-    @classmethod
-    def FromString(cls, data: bytes) -> Result:
-        result = cls()
-        for number, value in _fields(data):
-            if number == RESULT["code"]:
-                result.code = _number(value, 32)
-            elif number == RESULT["response"]:
-                if not isinstance(value, bytes):
-                    raise ValueError("response is not bytes")
-                result.response = value
-            elif number == RESULT["key"]:
-                result.key = _text(value)
-        return result
-
-
-def _result(value: int | bytes) -> Result:
-    if not isinstance(value, bytes):
-        raise ValueError("result is not a message")
-    return Result.FromString(value)
+    _KINDS: ClassVar = {"code": "uint32", "response": "bytes", "key": "text"}
+    _NUMBERS: ClassVar = _numbered(RESULT)
+    code: int
+    response: bytes
+    key: str
 
 
 class AppendResponse(_Message):
     __slots__ = ("mailbox", "result", "uid", "validity")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.result = Result()
-        self.mailbox = ""
-        self.validity = 0
-        self.uid = 0
-
-    @classmethod
-    def FromString(cls, data: bytes) -> AppendResponse:
-        response = cls()
-        present = set()
-        for number, value in _fields(data):
-            if number == APPEND_RESPONSE["result"]:
-                response.result = _result(value)
-            elif number == APPEND_RESPONSE["mailbox"]:
-                response.mailbox = _text(value)
-            elif number == APPEND_RESPONSE["validity"]:
-                response.validity = _number(value, 32)
-                present.add("validity")
-            elif number == APPEND_RESPONSE["uid"]:
-                response.uid = _number(value, 32)
-                present.add("uid")
-        response._present = frozenset(present)
-        return response
+    _KINDS: ClassVar = {"result": "result", "mailbox": "text", "validity": "uint32",
+                        "uid": "uint32"}
+    _NUMBERS: ClassVar = _numbered(APPEND_RESPONSE)
+    _OPTIONAL: ClassVar = frozenset({"validity", "uid"})
+    result: Result
+    mailbox: str
+    validity: int
+    uid: int
 
 
 class LoginResponse(_Message):
     __slots__ = ("bearer_token", "result")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.result = Result()
-        self.bearer_token = ""
-
-    @classmethod
-    def FromString(cls, data: bytes) -> LoginResponse:
-        response = cls()
-        for number, value in _fields(data):
-            if number == LOGIN_RESPONSE["result"]:
-                response.result = _result(value)
-            elif number == LOGIN_RESPONSE["bearer_token"]:
-                response.bearer_token = _text(value)
-                response._present = frozenset({"bearer_token"})
-        return response
+    _KINDS: ClassVar = {"result": "result", "bearer_token": "text"}
+    _NUMBERS: ClassVar = _numbered(LOGIN_RESPONSE)
+    _OPTIONAL: ClassVar = frozenset({"bearer_token"})
+    result: Result
+    bearer_token: str
 
 
 class LoginRequest:

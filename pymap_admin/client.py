@@ -16,15 +16,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from grpclib.client import Channel, UnaryUnaryMethod
 
 from . import _messages, errors
 from ._wire import SerializedAppend, make_channel
-from .logintokens import FastPathStats, LoginTokens, NoLoginTokens, TokenCacheFolder
+from .logintokens import LoginTokens, NoLoginTokens, TokenCacheFolder
 from .pool import DEFAULT_HEALTH_INTERVAL, Endpoint, EndpointPool, Metadata, MethodOf
 from .settings import ConnectionSettings
+from .stats import ClientStats
 from .tokens import RequestTokens, TokenSource, inspect_token, token_kind
 
 if TYPE_CHECKING:
@@ -87,7 +88,9 @@ def _unary(name: str, request_type: type, reply_type: type) -> MethodOf:
     """A call with the messages of :mod:`pymap_admin._messages` (no
     protobuf runtime); ``name`` is the generated stub's (a test compares)."""
     def method(endpoint: Endpoint) -> UnaryUnaryMethod[Any, Any]:
-        return UnaryUnaryMethod(endpoint.channel, name, request_type, reply_type)
+        # The method only calls the channel's request(), which H2Channel has.
+        return UnaryUnaryMethod(cast(Channel, endpoint.channel), name, request_type,
+                                reply_type)
 
     return method
 
@@ -175,7 +178,9 @@ class AdminClient:
                                   if own_tokens else None)
                          for member in self.settings.members()]
         #: The admin endpoints and how they are used (one: just that one).
-        self.pool = EndpointPool(endpoints, health_interval=health_interval)
+        #: What the client did: the pool's decisions and the fast path's.
+        self.stats = ClientStats()
+        self.pool = EndpointPool(endpoints, health_interval=health_interval, stats=self.stats)
         self._member_tokens = [e.tokens for e in endpoints if e.tokens is not None]
         if self._member_tokens:
             # What start-up checks and the fast path look at: the first
@@ -198,7 +203,7 @@ class AdminClient:
             folder = (TokenCacheFolder(path, scope) if path is not None and scope
                       else None)
             self._login_tokens = LoginTokens(self._mint_login_token, folder,
-                                             need_folder=short_lived)
+                                             need_folder=short_lived, stats=self.stats)
         # The token's kind, computed once per token (it changes when pymap
         # restarts).
         self._kind_of: tuple[str, str] = ("", "")
@@ -230,8 +235,9 @@ class AdminClient:
         return self._request_tokens.minted if self._request_tokens is not None else 0
 
     @property
-    def fast_path(self) -> FastPathStats | None:
-        """Counters of the login-token fast path; None when it is off."""
+    def fast_path(self) -> ClientStats | None:
+        """The client's counters (the fast path's among them); None when the
+        login-token fast path is off."""
         return self._login_tokens.stats if self._login_tokens is not None else None
 
     # --- plumbing -------------------------------------------------------

@@ -34,10 +34,11 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FastPathStats", "LoginTokens", "TokenCacheFolder", "default_cache_folder"]
+from .stats import ClientStats
+
+__all__ = ["LoginTokens", "TokenCacheFolder", "default_cache_folder"]
 
 log = logging.getLogger("pymap_admin.logintokens")
 
@@ -192,22 +193,6 @@ class TokenCacheFolder:
             self._write(self._marker(), f"{self.scope}\n{time.time() + UNAVAILABLE_SECONDS}\n")
 
 
-@dataclass(slots=True)
-class FastPathStats:
-    """What the client did, for tests, benchmarks and operators."""
-
-    #: calls for a user authenticated with that user's login token
-    fast_calls: int = 0
-    #: calls for a user authenticated with the admin token
-    admin_calls: int = 0
-    #: login tokens minted (each one is a record in pymap's token store)
-    mints: int = 0
-    #: login tokens found in the cache folder
-    cache_hits: int = 0
-    #: login tokens the server refused (then forgotten; the call retried)
-    refused: int = 0
-
-
 #: Mints a login token for a user: the token, or None when the user has none
 #: to give (gone). Raises :class:`NoLoginTokens` when pymap gives no usable one.
 Mint = Callable[[str], Awaitable[str | None]]
@@ -227,7 +212,7 @@ class LoginTokens:
     """
 
     def __init__(self, mint: Mint, folder: TokenCacheFolder | None, *,
-                 need_folder: bool = False) -> None:
+                 need_folder: bool = False, stats: ClientStats | None = None) -> None:
         self._mint = mint
         self._folder = folder
         self._memory: dict[str, str] = {}
@@ -238,7 +223,7 @@ class LoginTokens:
         self._fresh_refusals = 0
         self._disabled: str | None = None
         self._disabled_until = float("inf")
-        self.stats = FastPathStats()
+        self.stats = stats if stats is not None else ClientStats()
         if need_folder and folder is None:
             self._disable("no token cache folder to keep them in")
         elif folder is not None:

@@ -108,10 +108,9 @@ class Reply:
         object.__setattr__(self, "text", _one_line(self.text))
         object.__setattr__(self, "more", tuple(_one_line(line) for line in self.more))
 
-    def format(self, **values: object) -> Reply:
+    def format(self, **values: str | int) -> Reply:
         """The reply with ``{name}`` fields of its text filled in."""
-        return replace(self, text=self.text.format(**values),
-                       more=tuple(line.format(**values) for line in self.more))
+        return _formatted(self, tuple(values.items()))
 
     @property
     def positive(self) -> bool:
@@ -232,6 +231,15 @@ class Outcome:
     @property
     def delivered(self) -> bool:
         return self.reply.positive
+
+
+@lru_cache(maxsize=256)
+def _formatted(reply: Reply, values: tuple[tuple[str, str | int], ...]) -> Reply:
+    # The same few (a session's greeting, capabilities and goodbye, with
+    # the server's name) again and again: each made and checked once.
+    fields = dict(values)
+    return replace(reply, text=reply.text.format(**fields),
+                   more=tuple(line.format(**fields) for line in reply.more))
 
 
 def _row(code: int, enhanced: str, text: str, exit_status: ExitStatus) -> Outcome:

@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import importlib
 import itertools
 import logging
-import select
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from grpclib.client import Channel
@@ -45,14 +43,16 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.exceptions import ProtocolError as _H2ProtocolError
 
 from . import errors
+from .stats import ClientStats
 from .tokens import TokenSource
 
 if TYPE_CHECKING:
     from grpclib.health.v1.health_grpc import HealthStub
 
+    from ._channel import H2Channel
     from .grpc.admin_grpc import MailboxStub, SystemStub, UserStub
 
-__all__ = ["DEFAULT_HEALTH_INTERVAL", "Endpoint", "EndpointPool", "PoolStats"]
+__all__ = ["DEFAULT_HEALTH_INTERVAL", "Endpoint", "EndpointPool"]
 
 log = logging.getLogger("pymap_admin.pool")
 
@@ -65,25 +65,18 @@ DEFAULT_PROBE_TIMEOUT = 2.0
 DEFAULT_BACKOFF = (0.1, 2.0)
 
 
-@dataclass(slots=True)
-class PoolStats:
-    """Counters of the pool's decisions, for logs, metrics and tests."""
-
-    #: Calls moved to another endpoint because theirs failed before sending.
-    failovers: int = 0
-    #: Calls that failed after their request was sent (may have been done).
-    ambiguous: int = 0
-    #: Of those, the ones retried on another endpoint.
-    ambiguous_retried: int = 0
-    #: Calls refused because no endpoint was healthy.
-    no_healthy: int = 0
+#: Endpoint attribute -> (module, class) of its stub.
+_STUBS = {"system": ("pymap_admin.grpc.admin_grpc", "SystemStub"),
+          "mailbox": ("pymap_admin.grpc.admin_grpc", "MailboxStub"),
+          "user": ("pymap_admin.grpc.admin_grpc", "UserStub"),
+          "health": ("grpclib.health.v1.health_grpc", "HealthStub")}
 
 
 class Endpoint:
     """One admin endpoint: its channel, stubs and live state."""
 
-    def __init__(self, target: str, channel: Channel, tokens: TokenSource | None = None
-                 ) -> None:
+    def __init__(self, target: str, channel: Channel | H2Channel,
+                 tokens: TokenSource | None = None) -> None:
         self.target = target
         self.channel = channel
         #: This endpoint's own admin token, where it has one (a cluster
@@ -101,32 +94,24 @@ class Endpoint:
         self.wake = asyncio.Event()
         self.watcher: asyncio.Task[None] | None = None
 
-    # The stubs are made on first use: importing them loads protobuf's
-    # runtime, which a delivery's own calls do without (pymap_admin._messages).
+    # The stubs (system, mailbox, user, health) are made on first use:
+    # importing them loads protobuf's runtime, which a delivery's own calls
+    # do without (pymap_admin._messages). They only call the channel's
+    # request(), which H2Channel has as grpclib's Channel does.
+    if TYPE_CHECKING:
+        system: SystemStub
+        mailbox: MailboxStub
+        user: UserStub
+        health: HealthStub
 
-    @functools.cached_property
-    def system(self) -> SystemStub:
-        from .grpc.admin_grpc import SystemStub
-
-        return SystemStub(self.channel)
-
-    @functools.cached_property
-    def mailbox(self) -> MailboxStub:
-        from .grpc.admin_grpc import MailboxStub
-
-        return MailboxStub(self.channel)
-
-    @functools.cached_property
-    def user(self) -> UserStub:
-        from .grpc.admin_grpc import UserStub
-
-        return UserStub(self.channel)
-
-    @functools.cached_property
-    def health(self) -> HealthStub:
-        from grpclib.health.v1.health_grpc import HealthStub
-
-        return HealthStub(self.channel)
+    def __getattr__(self, name: str) -> Any:
+        where = _STUBS.get(name)
+        if where is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        module, stub_class = where
+        stub = getattr(importlib.import_module(module), stub_class)(self.channel)
+        setattr(self, name, stub)
+        return stub
 
     def __repr__(self) -> str:
         state = "up" if self.healthy else "down"
@@ -140,37 +125,20 @@ MethodOf = Callable[[Endpoint], Any]
 Metadata = Mapping[str, str] | Callable[[Endpoint], Mapping[str, str]]
 
 
-async def _drop_if_peer_gone(endpoint: Endpoint) -> None:
+def _drop_if_peer_gone(endpoint: Endpoint) -> None:
     """Close ``endpoint``'s connection if the server has already closed its end.
 
     When pymap restarts while this event loop is busy (or between two
-    loop turns), the old connection still looks open to grpclib: a call
-    would be written into it and fail with "Connection lost" after being
-    sent, i.e. as ambiguous, though no server could have read it. One
-    ``poll`` with no wait sees the hang-up first; the connection is then
-    closed so grpclib opens a new one for this call.
+    loop turns), the old connection still looks open: a call would be
+    written into it and fail with "Connection lost" after being sent, i.e.
+    as ambiguous, though no server could have read it. The channel looks
+    for the hang-up first (one ``poll`` with no wait) and drops the
+    connection, so this call opens a new one. (A test's in-memory grpclib
+    channel has no socket to look at.)
     """
-    protocol = getattr(endpoint.channel, "_protocol", None)
-    if protocol is None or protocol.handler.connection_lost:
-        return
-    transport = getattr(getattr(protocol, "connection", None), "_transport", None)
-    if transport is None or not hasattr(select, "poll"):
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    hangup = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
-    poller = select.poll()
-    poller.register(sock.fileno(), hangup)
-    if not any(events & hangup for _, events in poller.poll(0)):
-        return
-    log.info("endpoint=%s closed by the server; reconnecting", endpoint.target)
-    transport.abort()
-    # The transport reports the loss on a later loop turn (two for TLS).
-    for _ in range(4):
-        if protocol.handler.connection_lost:
-            break
-        await asyncio.sleep(0)
+    drop = getattr(endpoint.channel, "drop_if_peer_gone", None)
+    if drop is not None and drop():
+        log.info("endpoint=%s closed by the server; reconnecting", endpoint.target)
 
 
 class _Failed(Exception):
@@ -198,13 +166,15 @@ class EndpointPool:
     def __init__(self, endpoints: Sequence[Endpoint], *,
                  health_interval: float = DEFAULT_HEALTH_INTERVAL,
                  probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
-                 backoff: tuple[float, float] = DEFAULT_BACKOFF) -> None:
+                 backoff: tuple[float, float] = DEFAULT_BACKOFF,
+                 stats: ClientStats | None = None) -> None:
         if not endpoints:
             raise ValueError("a pool needs at least one endpoint")
         if health_interval <= 0 or probe_timeout <= 0:
             raise ValueError("health_interval and probe_timeout must be positive")
         self.endpoints = tuple(endpoints)
-        self.stats = PoolStats()
+        #: Counted in the client's stats (failovers, ambiguous calls, ...).
+        self.stats = stats if stats is not None else ClientStats()
         self._health_interval = health_interval
         self._probe_timeout = probe_timeout
         self._backoff_first, self._backoff_max = backoff
@@ -316,7 +286,7 @@ class EndpointPool:
         :class:`_Failed`, telling whether the request had been sent."""
         if callable(metadata):
             metadata = metadata(endpoint)
-        await _drop_if_peer_gone(endpoint)
+        _drop_if_peer_gone(endpoint)
         whole_request_sent = False
         endpoint.in_flight += 1
         endpoint.calls += 1

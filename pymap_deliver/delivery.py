@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 
 from pymap_admin import AdminClient, AppendResult, errors
 from pymap_admin.outcomes import Outcome, Reply, delivered, outcome_for_error
@@ -59,6 +59,12 @@ class DeliveryOptions:
             raise ValueError("max_bytes_in_flight must be positive")
         if self.lookup_cache_ttl < 0:
             raise ValueError("lookup_cache_ttl must not be negative")
+
+
+@lru_cache(maxsize=64)
+def _delivered(discarded: bool, queue_id: str) -> Outcome:
+    # Every recipient of a message stored: one reply, made and checked once.
+    return delivered(discarded=discarded, queue_id=queue_id)
 
 
 class ByteBudget:
@@ -148,10 +154,34 @@ class PymapBackend:
         if not self._options.check_recipients:
             return None
         reply = await self._check_recipient(address)
+        self._count_lookup(reply)
+        return reply
+
+    def _count_lookup(self, reply: Reply | None) -> None:
         # hit: the user exists; miss: no such user; refused: not asked (4xx).
         self.stats.lookups["hit" if reply is None else
                            "miss" if reply.permanent else "refused"] += 1
-        return reply
+
+    def known_verdicts(self, addresses: Sequence[str]) -> list[Reply | None] | None:
+        """What :meth:`check_recipient` would answer for every address, when
+        no call is needed for any (checks off, or each user looked up within
+        the cache's lifetime); None otherwise. The session then answers at
+        once, without a task and a loop turn per RCPT."""
+        if not self._options.check_recipients:
+            return [None] * len(addresses)
+        now = time.monotonic()
+        ttl = self._options.lookup_cache_ttl
+        resolve = self._options.rules.resolve
+        verdicts: list[Reply | None] = []
+        for address in addresses:
+            cached = self._lookups.get(resolve(address).user)
+            if cached is None or now - cached[0] >= ttl:
+                return None
+            verdicts.append(cached[1])
+        for verdict in verdicts:
+            self._count_lookup(verdict)
+        self.stats.lookups_known += len(verdicts)
+        return verdicts
 
     async def _check_recipient(self, address: str) -> Reply | None:
         user = self._options.rules.resolve(address).user
@@ -250,7 +280,7 @@ class PymapBackend:
                 # A +detail naming a folder that does not exist goes to INBOX.
                 mailbox = None
                 result = await self._append(message, target, headers, mailbox)
-            outcome = delivered(discarded=result.discarded, queue_id=queue_id)
+            outcome = _delivered(result.discarded, queue_id)
             self.stats.pymap_reachable = True
         except errors.UserNotFound as exc:
             # A user deleted between RCPT and DATA: forget the cached "exists".

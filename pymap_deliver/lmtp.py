@@ -24,7 +24,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from pymap_admin.outcomes import Reply
 
@@ -64,6 +64,15 @@ class DeliveryBackend(Protocol):
 
     async def deliver(self, message: IncomingMessage) -> Sequence[Reply]:
         """One reply per element of ``message.recipients``, in order."""
+        ...
+
+
+class KnownVerdicts(Protocol):
+    """Optional for a backend: the verdicts it can give without waiting
+    (all of them, or None), as :meth:`DeliveryBackend.check_recipient`
+    would give them."""
+
+    def known_verdicts(self, addresses: Sequence[str]) -> Sequence[Reply | None] | None:
         ...
 
 
@@ -107,6 +116,9 @@ class LMTPSession(asyncio.Protocol):
         # The session's tasks run in a context naming it: every line they
         # (and the backend) log says session=.
         self._log_context = session_context(self.session_id)
+        # A backend that can answer known recipients at once (optional).
+        self._known = (cast(KnownVerdicts, backend) if hasattr(backend, "known_verdicts")
+                       else None)
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -207,6 +219,12 @@ class LMTPSession(asyncio.Protocol):
                 if event is NEED_DATA:
                     break
                 if isinstance(event, CheckRecipients):
+                    known = (self._known.known_verdicts(event.addresses)
+                             if self._known is not None else None)
+                    if known is not None:
+                        self._log_refusals(event.addresses, known)
+                        conn.recipients_checked(known)
+                        continue
                     self._task = self.loop.create_task(self._check(event.addresses),
                                                        context=self._log_context)
                     break
@@ -302,6 +320,14 @@ class LMTPSession(asyncio.Protocol):
             verdicts = await asyncio.gather(
                 *(self.backend.check_recipient(address) for address in addresses),
                 return_exceptions=True)
+        self._log_refusals(addresses, verdicts)
+        self._task = None
+        if self._conn is not None and not self._lost:
+            self._conn.recipients_checked(verdicts)
+            self._pump()
+
+    def _log_refusals(self, addresses: Sequence[str],
+                      verdicts: Sequence[Reply | BaseException | None]) -> None:
         sender = self._conn.sender if self._conn is not None else None
         for address, verdict in zip(addresses, verdicts, strict=True):
             if isinstance(verdict, BaseException):
@@ -311,10 +337,6 @@ class LMTPSession(asyncio.Protocol):
                 log.info(log_event("rcpt refused", {"from": f"<{sender}>"},
                                session=self.session_id, rcpt=f"<{address}>",
                                status=str(verdict)))
-        self._task = None
-        if self._conn is not None and not self._lost:
-            self._conn.recipients_checked(verdicts)
-            self._pump()
 
     async def _deliver(self, message: IncomingMessage) -> None:
         # Not cancelled when the client goes away: pymap may be storing.

@@ -44,13 +44,16 @@ _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ER
                logging.CRITICAL: 2}
 
 _BARE = re.compile(r"[^\s\"=\\\x00-\x1f\x7f]+")
+_bare = _BARE.fullmatch
 
 
 def quote(value: object) -> str:
     """A logfmt value: as it is when it can be, else in double quotes with
     backslash escapes (a line break never splits a log line)."""
+    if type(value) is int:
+        return str(value)
     text = "" if value is None else str(value)
-    if _BARE.fullmatch(text):
+    if _bare(text):
         return text
     escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
                .replace("\r", "\\r").replace("\t", "\\t"))
@@ -67,12 +70,12 @@ class Event(str):
 def event(name: str, values: Mapping[str, object] | None = None, /,
           **more: object) -> Event:
     """``msg=name`` and the pairs (None left out); ``session`` goes first."""
-    pairs = {**(values or {}), **more}
+    pairs = {**values, **more} if values else more
     session = pairs.pop("session", None)
-    text = " ".join(f"{key}={quote(value)}" for key, value in
-                    (("session", session), ("msg", name), *pairs.items())
-                    if value is not None)
-    return Event(text)
+    parts = [f"session={quote(session)}"] if session is not None else []
+    parts.append(f"msg={quote(name)}")
+    parts += [f"{key}={quote(value)}" for key, value in pairs.items() if value is not None]
+    return Event(" ".join(parts))
 
 
 def session_context(session_id: str) -> contextvars.Context:
@@ -88,12 +91,21 @@ class LogfmtFormatter(logging.Formatter):
         super().__init__()
         self.timestamps = timestamps
         self.priority_prefix = priority_prefix
+        self._stamp_second = -1
+        self._stamp = ""
+
+    def _second(self, created: float) -> str:
+        # The same second for many lines under load: formatted once.
+        second = int(created)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return self._stamp
 
     def format(self, record: logging.LogRecord) -> str:
         pairs: list[tuple[str, object]] = []
         if self.timestamps:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            pairs.append(("ts", f"{stamp}.{int(record.msecs):03d}Z"))
+            pairs.append(("ts", f"{self._second(record.created)}.{int(record.msecs):03d}Z"))
         pairs += [("level", record.levelname.lower()), ("logger", record.name)]
         if isinstance(record.msg, Event) and not record.args:
             body = str(record.msg)

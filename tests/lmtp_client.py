@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymap_admin.outcomes import Reply as ServerReply
-from pymap_deliver.lmtp import IncomingMessage
+from pymap_deliver.lmtp import DeliveryBackend, IncomingMessage
 from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 
@@ -211,7 +211,7 @@ def server_config(**config: Any) -> ServerConfig:
 
 @asynccontextmanager
 async def running_server(
-    backend: ScriptedBackend, **config: Any
+    backend: DeliveryBackend, **config: Any
 ) -> AsyncIterator[DeliveryServer]:
     """A started server on a free loopback port (unless endpoints are given),
     stopped and awaited on exit."""

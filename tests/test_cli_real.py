@@ -100,6 +100,19 @@ def test_save_args_creates_private_config(pymap: PymapServer) -> None:
     assert run("get-user", DEMO_USER).status == 0
 
 
+def test_save_args_makes_every_path_absolute(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two cluster members' sockets given relative to the current directory.
+    monkeypatch.chdir(tmp_path)
+    saved = run("--path", "a.sock", "--path", "sub/b.sock", "--token-file", "token",
+                "--cafile", "~/ca.pem", "save-args")
+    assert saved.status == 0, saved.stderr
+    text = (Path(os.environ["XDG_CONFIG_HOME"]) / "pymap" / "pymap-admin.conf").read_text()
+    assert f"path = {tmp_path / 'a.sock'},{tmp_path / 'sub' / 'b.sock'}\n" in text, text
+    assert f"token_file = {tmp_path / 'token'}\n" in text, text
+    assert f"cafile = {Path.home() / 'ca.pem'}\n" in text, text
+
+
 def test_login_failures(pymap: PymapServer) -> None:
     wrong = run(*via(pymap), "login", "--password", "wrong", DEMO_USER)
     assert wrong.status == 1 and "InvalidAuth" in wrong.stderr and not wrong.stdout
@@ -234,6 +247,21 @@ def test_append_server_down_and_socket_missing(fresh_pymap: PymapServer, tmp_pat
     # And so does every other command: one line, status 1.
     ping = run(*via(fresh_pymap), "ping")
     assert ping.status == 1 and len(ping.stderr.strip().splitlines()) == 1
+
+
+def test_append_warnings_come_after_the_status_line(pymap: PymapServer, tmp_path: Path
+                                                    ) -> None:
+    """pipe(8) reads stdout and stderr as one stream and takes the status
+    from its start: a library warning (here: no token cache can be made,
+    even by root, under a regular file) comes after the status line."""
+    (tmp_path / "file").write_text("")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "file" / "cache")}
+    proc = subprocess.run([str(SCRIPT), *via(pymap), "append", DEMO_USER], input=message(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                          timeout=60, check=False)
+    lines = proc.stdout.decode().splitlines()
+    assert (proc.returncode, lines[0]) == (0, "2.0.0 Message delivered"), lines
+    assert any("login tokens unavailable" in line for line in lines[1:]), lines
 
 
 def test_append_command_line_mistakes_defer(pymap: PymapServer, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pymap_admin import AdminClient, ConnectionSettings
 from pymap_deliver.delivery import DeliveryOptions, PymapBackend
 
 from .fake_admin import DroppingServer, FakeAdmin, RunningFake, default_user, respond_failure
+from .lmtp_client import connected, running_server
 from .test_tokens import admin_token
 
 
@@ -63,3 +64,22 @@ async def test_unreachable_defers_or_accepts_as_configured(tmp_path: Path) -> No
         assert str(await strict.check_recipient("a@b")) == "451 4.4.1 Mail store unreachable"
         assert await lenient.check_recipient("a@b") is None
         assert await unchecked.check_recipient("a@b") is None
+
+
+async def test_a_remembered_recipient_is_answered_without_a_call(tmp_path: Path) -> None:
+    """A recipient looked up within the cache's lifetime is answered by the
+    session at once (counted in ``lookups_known``); a new one is asked."""
+    fake = FakeAdmin()
+    async with RunningFake(fake, tmp_path / "s.sock"), \
+            client(tmp_path / "s.sock", tmp_path) as admin:
+        backend = PymapBackend(admin, DeliveryOptions(hostname="h"))
+        async with running_server(backend) as server, connected(server) as lmtp:
+            for round_ in range(3):
+                rcpt, done = await lmtp.transaction(
+                    "s@example.com", ["a@example.com", "b@example.com"],
+                    b"Subject: x\r\n\r\nhi\r\n")
+                assert [r.code for r in rcpt + done] == [250] * 4, round_
+    assert [call.request.user for call in fake.calls if call.method == "GetUser"] == [
+        "a@example.com", "b@example.com"]
+    assert backend.stats.lookups["hit"] == 6
+    assert backend.stats.lookups_known == 4

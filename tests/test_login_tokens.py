@@ -24,7 +24,8 @@ import pytest
 
 from devstack.localpymap import PymapServer, cleanup, free_port, make_maildir_server
 from pymap_admin import AdminClient, AuthorizationFailure, ConnectionSettings, TransportError
-from pymap_admin.logintokens import FastPathStats, TokenCacheFolder
+from pymap_admin.logintokens import TokenCacheFolder
+from pymap_admin.stats import ClientStats
 from pymap_admin.tokens import token_kind
 
 from ._require import require_tool
@@ -130,7 +131,7 @@ async def reconnected(client: AdminClient) -> None:
     raise AssertionError("pymap did not come back")
 
 
-def stats(client: AdminClient) -> FastPathStats:
+def stats(client: AdminClient) -> ClientStats:
     assert client.fast_path is not None
     return client.fast_path
 
@@ -162,7 +163,7 @@ async def test_fast_path_taken_and_kept_between_clients(server: PymapServer,
     # The next process (or the daemon after a restart) reuses the token.
     async with AdminClient(settings(server, cache)) as client:
         await client.append(user, message("third"))
-        assert stats(client) == FastPathStats(fast_calls=1, cache_hits=1)
+        assert stats(client) == ClientStats(fast_calls=1, cache_hits=1)
     subjects = [m for m in stored(server, user) if b"Subject:" in m]
     assert len(subjects) == 3
     # One token in pymap's store for this user, however many clients.

@@ -47,25 +47,23 @@ def test_method_names_are_the_stubs() -> None:
     assert _MINT_LOGIN(endpoint).name == stubs["Login"].name
 
 
-@given(user=text, sender=st.none() | text, recipient=st.none() | text,
-       mailbox=st.none() | text, flags=st.lists(text, max_size=3),
-       when=st.integers(min_value=0, max_value=2**64 - 1),
-       prefix=st.binary(max_size=300), data=st.binary(max_size=3000))
-def test_append_head_parses_back(user: str, sender: str | None, recipient: str | None,
-                                 mailbox: str | None, flags: list[str], when: int,
-                                 prefix: bytes, data: bytes) -> None:
-    head = lean.AppendHead(user, sender=sender, recipient=recipient, mailbox=mailbox,
-                           flags=flags, when=when)
+#: AppendRequest fields but data, as AppendHead takes them (None: not set).
+heads = st.fixed_dictionaries({
+    "user": text, "sender": st.none() | text, "recipient": st.none() | text,
+    "mailbox": st.none() | text, "flags": st.lists(text, max_size=3),
+    "when": st.integers(min_value=0, max_value=2**64 - 1)})
+
+
+@given(fields=heads, prefix=st.binary(max_size=300), data=st.binary(max_size=3000))
+def test_append_head_parses_back(fields: dict[str, Any], prefix: bytes, data: bytes) -> None:
+    head = lean.AppendHead(**fields)
     parsed = pb.AppendRequest.FromString(SerializedAppend(head, prefix, data).payload)
-    expected = pb.AppendRequest(user=user, flags=flags, when=when, data=prefix + data)
-    for name, value in (("sender", sender), ("recipient", recipient), ("mailbox", mailbox)):
-        if value is not None:
-            setattr(expected, name, value)
+    expected = pb.AppendRequest(data=prefix + data,
+                                **{k: v for k, v in fields.items() if v is not None})
     assert parsed == expected
     # Presence survives: an unset sender is absent, an empty one (the null sender) present.
-    assert parsed.HasField("sender") == (sender is not None)
-    assert parsed.HasField("recipient") == (recipient is not None)
-    assert parsed.HasField("mailbox") == (mailbox is not None)
+    for name in ("sender", "recipient", "mailbox"):
+        assert parsed.HasField(name) == (fields[name] is not None)
     # Byte for byte what protobuf writes (data last: it is appended after the rest).
     expected.ClearField("data")
     assert head.SerializeToString() == expected.SerializeToString()

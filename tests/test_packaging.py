@@ -522,3 +522,22 @@ def test_token_drop_in_copies_this_runs_token(tmp_path: Path) -> None:
     assert copy.read_text() == "this-run"
     assert copy.stat().st_mode & 0o777 == 0o600
     assert pwd.getpwuid(copy.stat().st_uid).pw_name == "nobody"
+
+
+def test_pymap_unit_removes_stale_maildir_locks_before_start(tmp_path: Path) -> None:
+    # The unit's own ExecStartPre, run on a maildir a killed pymap left.
+    unit = (REPO / "contrib/systemd/pymap.service").read_text()
+    (line,) = [line for line in unit.splitlines() if line.startswith("ExecStartPre=")]
+    mail = tmp_path / "mail"
+    locks = [mail / "alice/dovecot-uidlist.lock", mail / "alice/.Sent/dovecot-uidlist.lock",
+             mail / "pymap-etc-passwd.lock"]
+    kept = [mail / "alice/dovecot-uidlist", mail / "alice/cur/1.host:2,S",
+            mail / "alice/.lock-notes/not-a-lock"]
+    for path in locks + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    argv: list[str | Path] = [arg.replace("/var/lib/pymap/mail", str(mail))
+                              for arg in shlex.split(line.removeprefix("ExecStartPre="))]
+    _check(argv)
+    assert [path for path in locks if path.exists()] == []
+    assert [path for path in kept if not path.exists()] == []

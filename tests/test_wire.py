@@ -1,5 +1,6 @@
-"""The wire fast paths of pymap_admin._wire: the production codec through an
-injected channel, write coalescing, and the switch off of append's fast exit."""
+"""The wire fast paths of pymap_admin._wire and _channel: the production
+codec through an injected channel, write coalescing, and the switch off of
+append's fast exit."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from pymap_admin import AdminClient, ConnectionSettings
-from pymap_admin._wire import CoalescingChannel, CoalescingTransport, channel_for
+from pymap_admin._channel import H2Channel
+from pymap_admin._wire import channel_for
 
 from .fake_admin import FakeAdmin, RunningFake
 from .test_tokens import admin_token
@@ -32,59 +33,27 @@ async def test_an_injected_channel_keeps_the_production_codec(tmp_path: Path) ->
     assert call.request.user == "alice" and call.request.mailbox == "Box"
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.sent.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str) -> Any:
-        return f"info:{name}"
-
-
-async def test_writes_of_one_loop_turn_leave_in_one_send() -> None:
-    raw = _Recorder()
-    transport = CoalescingTransport(raw)
-    transport.write(b"headers")
-    transport.write(b"data")
-    assert raw.sent == []
-    await asyncio.sleep(0)
-    assert raw.sent == [b"headersdata"]
-    # Large writes are not held back (nor copied into a join).
-    big = b"x" * CoalescingTransport.COALESCE_LIMIT
-    transport.write(big)
-    assert raw.sent[-1] is big
-    # Everything else is the real transport's; closing sends what is pending.
-    assert transport.get_extra_info("socket") == "info:socket"
-    transport.write(b"last")
-    transport.close()
-    assert raw.sent[-1] == b"last" and raw.closed
-
-
-async def test_a_call_is_one_send(tmp_path: Path) -> None:
-    """Through the production channel, an Append's HEADERS and DATA frames
-    go out in one send (grpclib writes them separately)."""
+async def test_calls_started_in_one_loop_turn_leave_in_one_send(tmp_path: Path) -> None:
+    """Through the production channel, the HEADERS and DATA frames of the
+    Appends started in one loop turn go out in one send."""
     token = tmp_path / "token"
     token.write_text(admin_token())
-    async with RunningFake(FakeAdmin(), tmp_path / "s.sock"), \
+    fake = FakeAdmin()
+    async with RunningFake(fake, tmp_path / "s.sock"), \
             AdminClient(ConnectionSettings(path=tmp_path / "s.sock", token_file=token,
                                            login_tokens=False)) as client:
         await client.append("alice", b"warm")
         channel = client.pool.endpoints[0].channel
-        assert isinstance(channel, CoalescingChannel) and channel.transport is not None
-        writes, sends = channel.transport.writes, channel.transport.sends
-        for _ in range(5):
-            await client.append("alice", b"x" * 4000)
-        assert channel.transport.writes - writes >= 10  # grpclib: two writes a call
-        assert channel.transport.sends - sends <= 5
+        assert isinstance(channel, H2Channel)
+        conn = channel.connection
+        assert conn is not None
+        writes, sends = conn.writes, conn.sends
+        results = await asyncio.gather(*(client.append("alice", b"x" * 4000)
+                                         for _ in range(5)))
+        assert len(fake.calls) == 6 and all(r.uid for r in results)
+        assert conn.writes - writes == 5
+        assert conn.sends - sends == 1
+        assert channel.connection is conn  # one connection throughout
 
 
 def _finalizes(env: dict[str, str]) -> bool:

@@ -5,14 +5,28 @@ from __future__ import annotations
 
 from configparser import ConfigParser
 from io import StringIO
+from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..options import CONNECTION_OPTIONS
+from ..options import path as path_value
 from ..outcomes import ExitStatus
 from ..settings import CONFIG_KEYS, CONFIG_NAME, CONFIG_SECTION, config_home
 from .args import CommandSpec
 from .base import OfflineCommand, write_private
 
 __all__ = ["SPECS", "SaveArgsCommand", "SaveArgsOptions"]
+
+#: The options that name files, and whether each is a comma-joined list.
+_PATHS = {option.name: option.joined for option in CONNECTION_OPTIONS
+          if option.parse is path_value}
+
+
+def _absolute(value: str, joined: bool) -> str:
+    """Relative to where save-args ran: made absolute, or they would mean
+    something else from another directory (``~`` was expanded when parsed)."""
+    items = value.split(",") if joined else [value]
+    return ",".join(str(Path(item).absolute()) for item in items)
 
 
 class SaveArgsOptions(NamedTuple):
@@ -31,11 +45,8 @@ class SaveArgsCommand(OfflineCommand[SaveArgsOptions]):
             value = given.get(key)
             if value is None:
                 continue
-            if key in ("path", "token_file", "cert", "key", "cafile", "capath"):
-                # Relative to where save-args ran: made absolute, or they would
-                # mean something else from another directory.
-                value = str(value) if str(value).startswith("~") else value.absolute()  # type: ignore[attr-defined]
-            section[key] = str(value)
+            section[key] = (_absolute(str(value), _PATHS[key]) if key in _PATHS
+                            else str(value))
         text = StringIO()
         parser.write(text)
         path = config_home() / CONFIG_NAME

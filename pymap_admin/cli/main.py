@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
 
 
 class _HeldWarnings(logging.Handler):
-    """Keeps the records (at most 1000) until :meth:`release` writes them
+    """Keeps the records (at most 1000) until :meth:`write_out` writes them
     (logging.handlers.MemoryHandler would do, at ~2 ms of imports)."""
 
     def __init__(self, stream: TextIO) -> None:
@@ -84,7 +84,8 @@ class _HeldWarnings(logging.Handler):
         if len(self.records) < 1000:
             self.records.append(record)
 
-    def release(self) -> None:
+    def write_out(self) -> None:
+        # Not "release": that is Handler's lock, released after each emit.
         records, self.records = self.records, []
         target = logging.StreamHandler(self.stream)
         target.setFormatter(self.formatter)
@@ -105,7 +106,7 @@ def _hold_warnings(stream: TextIO) -> _HeldWarnings:
 
 def _release_warnings(held: _HeldWarnings) -> None:
     logging.getLogger().removeHandler(held)
-    held.release()
+    held.write_out()
 
 
 def _exit_now(status: int) -> None:

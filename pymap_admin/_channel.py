@@ -1,0 +1,599 @@
+"""A lean gRPC channel for unary calls: one HTTP/2 connection driven by h2.
+
+Profiled under pymap-deliver's load, a small grpclib call spent about as
+much CPU in grpclib's own layers (a stream object with deadline wrappers,
+metadata multidicts, dispatch events, several tasks' worth of awaits per
+call) as in h2. This channel keeps h2 for HTTP/2 itself (framing, HPACK,
+flow control, the stream state machine) and does the rest directly: one
+:class:`asyncio.Protocol` per connection, one future per call.
+
+It stands in for grpclib's ``Channel`` under the generated stubs: it has
+``request()``, which ``UnaryUnaryMethod.open`` and ``__call__`` use, for
+unary-unary methods (the only kind the admin API has), and it raises
+grpclib's exceptions (``GRPCError``, ``StreamTerminatedError``), so errors
+are still mapped in one place, :mod:`pymap_admin.errors`.
+
+On the wire, as gRPC over HTTP/2 requires:
+
+- the request headers (``:method``, ``:scheme``, ``:path``,
+  ``:authority``, ``te: trailers``, ``content-type``, ``grpc-timeout``
+  from the deadline) and the metadata, then the message as one
+  length-prefixed gRPC frame, sent within the peer's flow-control windows
+  and frame size, and paused while the socket's write buffer is full;
+- writes made in one turn of the event loop (a call's HEADERS and DATA,
+  and every other call started in that turn) leave in one ``send``;
+- the answer's ``:status``, ``content-type`` and ``grpc-status`` /
+  ``grpc-message`` / ``grpc-status-details-bin``, from the trailers or a
+  trailers-only response;
+- RST_STREAM (CANCEL) for a call abandoned before its answer (deadline,
+  cancellation);
+- GOAWAY: no new call on that connection (the next one opens a new
+  connection); calls above the server's last stream id fail, the others
+  are answered; a lost connection fails every call on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import math
+import select
+import socket
+import ssl as _ssl
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+from grpclib.const import Status
+from grpclib.encoding.base import CodecBase, StatusDetailsCodecBase
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.metadata import decode_bin_value, decode_grpc_message
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import H2Error
+from h2.settings import SettingCodes
+
+__all__ = ["H2Channel"]
+
+#: Our receive windows (connection and stream), as grpclib's default.
+_WINDOW = 4 * 1024 * 1024
+#: Buffered writes above this many bytes go out at once rather than at the
+#: end of the loop turn (a large message is not held whole to be joined).
+_FLUSH_LIMIT = 64 * 1024
+_CONTENT_TYPE = b"application/grpc"
+#: HTTP status to gRPC status (the gRPC HTTP/2 mapping), for an answer
+#: that is not 200.
+_HTTP_STATUS = {
+    b"400": Status.INTERNAL, b"401": Status.UNAUTHENTICATED,
+    b"403": Status.PERMISSION_DENIED, b"404": Status.UNIMPLEMENTED,
+    b"429": Status.UNAVAILABLE, b"502": Status.UNAVAILABLE,
+    b"503": Status.UNAVAILABLE, b"504": Status.UNAVAILABLE,
+}
+_H2_CONFIG = H2Configuration(
+    client_side=True, header_encoding=None,
+    # Our own headers are well-formed; the server's are checked where read.
+    validate_outbound_headers=False, normalize_outbound_headers=False,
+    validate_inbound_headers=False, normalize_inbound_headers=False,
+)
+
+
+@lru_cache(maxsize=64)
+def _whole_seconds(seconds: int) -> bytes:
+    return f"{seconds}S".encode()
+
+
+def _timeout_header(timeout: float) -> bytes:
+    """``grpc-timeout`` in whole seconds, rounded up: the same value call
+    after call, so that HPACK sends it as one index instead of adding a new
+    entry to the server's table each time (which would push the tokens out
+    of it). The client keeps the exact deadline and cancels the call
+    (RST_STREAM) when it passes; the server's is only a bound."""
+    return _whole_seconds(max(1, math.ceil(timeout)))
+
+
+class _Answer:
+    """What the server sent on one stream, and the future of its end."""
+
+    __slots__ = ("data", "done", "headers", "trailers", "window")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        self.headers: list[tuple[bytes, bytes]] | None = None
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.data = bytearray()
+        #: Set while the call waits for flow-control window to send more.
+        self.window: asyncio.Future[None] | None = None
+
+    def fail(self, error: Exception) -> None:
+        for future in (self.done, self.window):
+            if future is not None and not future.done():
+                future.set_exception(error)
+                # Marked retrieved: the call may have stopped waiting already.
+                future.exception()
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/2 connection: h2 fed from the socket, answers routed to calls."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.h2 = H2Connection(config=_H2_CONFIG)
+        self.transport: asyncio.Transport | None = None
+        self.answers: dict[int, _Answer] = {}
+        #: Lost, or told by GOAWAY to start nothing new.
+        self.lost = False
+        self.going_away = False
+        self._flush_scheduled = False
+        self._buffered = 0
+        self._writable: asyncio.Future[None] | None = None
+        #: Writes asked for and sends made: tests and benchmarks read them.
+        self.writes = 0
+        self.sends = 0
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and not self.going_away
+
+    # -- asyncio.Protocol -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        h2 = self.h2
+        h2.initiate_connection()
+        h2.increment_flow_control_window(_WINDOW - h2.local_settings.initial_window_size)
+        h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW})
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except H2Error as exc:
+            self._fail_all(f"HTTP/2 protocol error: {exc}")
+            self.close()
+            return
+        answers = self.answers
+        for event in events:
+            if isinstance(event, DataReceived):
+                answer = answers.get(event.stream_id)
+                if answer is not None:
+                    answer.data += event.data
+                # Held in memory until the call reads it: acknowledged at once.
+                self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                  event.stream_id)
+            elif isinstance(event, ResponseReceived):
+                answer = answers.get(event.stream_id)
+                if answer is not None:
+                    answer.headers = event.headers
+            elif isinstance(event, TrailersReceived):
+                answer = answers.get(event.stream_id)
+                if answer is not None:
+                    answer.trailers = event.headers
+            elif isinstance(event, StreamEnded):
+                answer = answers.pop(event.stream_id, None)
+                if answer is not None and not answer.done.done():
+                    answer.done.set_result(None)
+            elif isinstance(event, StreamReset):
+                answer = answers.pop(event.stream_id, None)
+                if answer is not None:
+                    self._fail(answer, "Stream reset by remote party, error_code: "
+                               f"{event.error_code}")
+            elif isinstance(event, ConnectionTerminated):
+                self.going_away = True
+                last = event.last_stream_id or 0
+                for stream_id in [s for s in answers if s > last]:
+                    self._fail(answers.pop(stream_id),
+                               "Received GOAWAY frame, closing connection; error_code: "
+                               f"{event.error_code}")
+                if not answers:
+                    self.close()
+            elif isinstance(event, WindowUpdated | RemoteSettingsChanged):
+                # A window grew or settings changed: a sender may go on.
+                for answer in answers.values():
+                    if answer.window is not None and not answer.window.done():
+                        answer.window.set_result(None)
+        # PING and SETTINGS acknowledgements, window updates.
+        self.flush()
+
+    def pause_writing(self) -> None:
+        self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.transport = None
+        self._fail_all("Connection lost")
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # -- for the calls ----------------------------------------------------------------
+
+    def _fail(self, answer: _Answer, reason: str) -> None:
+        answer.fail(StreamTerminatedError(reason))
+
+    def _fail_all(self, reason: str) -> None:
+        answers, self.answers = self.answers, {}
+        for answer in answers.values():
+            self._fail(answer, reason)
+
+    def write_soon(self) -> None:
+        """Send what h2 holds at the end of this loop turn (with whatever
+        other calls add in it), or now when it is large."""
+        self.writes += 1
+        if self._buffered >= _FLUSH_LIMIT:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        self._buffered = 0
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.sends += 1
+            self.transport.write(data)
+
+    async def writable(self) -> None:
+        if self._writable is not None:
+            await self._writable
+
+    def reset(self, stream_id: int) -> None:
+        """Tell the server we gave up on a call (RST_STREAM, CANCEL)."""
+        self.answers.pop(stream_id, None)
+        if self.lost:
+            return
+        try:
+            self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+        except H2Error:
+            return  # already closed on the server's side
+        self.write_soon()
+
+    def peer_gone(self) -> bool:
+        """True when the server closed its end and we did not notice yet
+        (this loop was busy): a poll with no wait sees the hang-up."""
+        transport = self.transport
+        if transport is None or not hasattr(select, "poll"):
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        hangup = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+        poller = select.poll()
+        poller.register(sock.fileno(), hangup)
+        return any(events & hangup for _, events in poller.poll(0))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.flush()
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Call:
+    """One unary call, shaped as grpclib's client ``Stream`` (the part of
+    it the stubs and the pool use): ``async with``, ``send_message``,
+    ``recv_message``."""
+
+    __slots__ = ("_answer", "_channel", "_conn", "_deadline", "_finished", "_metadata",
+                 "_path", "_reply_type", "_request_type", "_stream_id", "_timer")
+
+    def __init__(self, channel: H2Channel, path: str, request_type: Any, reply_type: Any,
+                 timeout: float | None, metadata: Mapping[str, str] | None) -> None:
+        self._channel = channel
+        self._path = path
+        self._request_type = request_type
+        self._reply_type = reply_type
+        self._metadata = metadata
+        self._deadline = None if timeout is None else channel.loop.time() + timeout
+        self._conn: _Connection | None = None
+        self._answer: _Answer | None = None
+        self._stream_id = 0
+        self._finished = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> _Call:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self._finished and self._conn is not None and self._stream_id:
+            self._conn.reset(self._stream_id)
+
+    def _remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        remaining = self._deadline - self._channel.loop.time()
+        if remaining <= 0:
+            raise TimeoutError("deadline exceeded")
+        return remaining
+
+    def _expire(self) -> None:
+        if self._answer is not None:
+            self._answer.fail(TimeoutError("deadline exceeded"))
+
+    async def send_message(self, message: Any, *, end: bool = False) -> None:
+        channel = self._channel
+        remaining = self._remaining()
+        conn = channel.usable_connection()
+        if conn is None:
+            conn = await channel.connect(remaining)
+            remaining = self._remaining()
+        if conn._writable is not None:
+            await conn.writable()
+        if not conn.usable:
+            # Lost (or told to go away) while we waited: nothing was sent.
+            raise StreamTerminatedError("Connection lost")
+        self._conn = conn
+        h2 = conn.h2
+        stream_id = h2.get_next_available_stream_id()
+        headers = channel.request_headers(self._path, remaining, self._metadata)
+        answer = self._answer = _Answer(channel.loop.create_future())
+        conn.answers[stream_id] = answer
+        self._stream_id = stream_id
+        if remaining is not None:
+            self._timer = channel.loop.call_at(self._deadline, self._expire)  # type: ignore[arg-type]
+        body = channel.codec.encode(message, self._request_type)
+        frame = b"".join((b"\0", len(body).to_bytes(4, "big"), body))
+        try:
+            h2.send_headers(stream_id, headers)
+            if len(frame) <= h2.local_flow_control_window(stream_id) and \
+                    len(frame) <= h2.max_outbound_frame_size:
+                h2.send_data(stream_id, frame, end_stream=True)
+                conn._buffered += len(frame)
+                conn.write_soon()
+            else:
+                await self._send_in_windows(conn, stream_id, memoryview(frame))
+        except H2Error as exc:
+            raise ProtocolError(str(exc)) from exc
+
+    async def _send_in_windows(self, conn: _Connection, stream_id: int,
+                               view: memoryview) -> None:
+        h2 = conn.h2
+        answer = self._answer
+        assert answer is not None
+        while True:
+            if conn.lost:
+                raise StreamTerminatedError("Connection lost")
+            size = min(len(view), h2.local_flow_control_window(stream_id),
+                       h2.max_outbound_frame_size)
+            if size <= 0 and view:
+                answer.window = conn.loop.create_future()
+                conn.write_soon()
+                await answer.window
+                answer.window = None
+                continue
+            last = size == len(view)
+            h2.send_data(stream_id, view[:size], end_stream=last)
+            conn._buffered += size
+            conn.write_soon()
+            if last:
+                return
+            view = view[size:]
+            if conn._writable is not None:
+                conn.flush()
+                await conn.writable()
+
+    async def recv_message(self) -> Any:
+        answer = self._answer
+        if answer is None:
+            raise ProtocolError("Request was not sent yet")
+        await answer.done
+        self._finished = True
+        headers = dict(answer.headers or ())
+        status = headers.get(b":status")
+        if status != b"200":
+            raise GRPCError(_HTTP_STATUS.get(status or b"", Status.UNKNOWN),
+                            f"Received :status = {(status or b'').decode()!r}")
+        content_type = headers.get(b"content-type")
+        if content_type is None:
+            raise GRPCError(Status.UNKNOWN, "Missing content-type header")
+        if content_type != _CONTENT_TYPE and content_type != _CONTENT_TYPE + b"+proto":
+            raise GRPCError(Status.UNKNOWN, f"Invalid content-type: {content_type!r}")
+        if b"grpc-status" not in headers:
+            headers = dict(answer.trailers or ())
+        self._check_status(headers)
+        data = answer.data
+        if len(data) < 5:
+            return None
+        if data[0]:
+            raise NotImplementedError("Compression not implemented")
+        length = int.from_bytes(data[1:5], "big")
+        if len(data) < 5 + length:
+            raise ProtocolError("incomplete message")
+        return self._channel.codec.decode(bytes(data[5:5 + length]), self._reply_type)
+
+    def _check_status(self, headers: Mapping[bytes, bytes]) -> None:
+        raw = headers.get(b"grpc-status")
+        if raw is None:
+            raise GRPCError(Status.UNKNOWN, "Missing grpc-status header")
+        try:
+            status = Status(int(raw))
+        except ValueError:
+            raise GRPCError(Status.UNKNOWN, f"Invalid grpc-status: {raw.decode()!r}") from None
+        if status is Status.OK:
+            return
+        message = headers.get(b"grpc-message")
+        text = decode_grpc_message(message.decode("ascii")) if message is not None else None
+        details = None
+        details_bin = headers.get(b"grpc-status-details-bin")
+        codec = self._channel.status_details_codec
+        if codec is not None and details_bin is not None:
+            details = codec.decode(status, text, decode_bin_value(details_bin))
+        raise GRPCError(status, text, details)
+
+
+class H2Channel:
+    """A gRPC channel to one server (TCP, TLS or a UNIX socket) for unary
+    calls, used through the generated stubs as grpclib's ``Channel`` is."""
+
+    def __init__(self, host: str | None = None, port: int | None = None, *,
+                 path: str | None = None, ssl: _ssl.SSLContext | None = None,
+                 server_hostname: str | None = None, codec: CodecBase,
+                 status_details_codec: StatusDetailsCodecBase | None = None) -> None:
+        if path is not None and (host is not None or port is not None):
+            raise ValueError("path excludes host and port")
+        self._host = host or "127.0.0.1"
+        self._port = port or 50051
+        self._path = path
+        self._ssl = ssl
+        self._server_hostname = server_hostname
+        self.codec = codec
+        self.status_details_codec = status_details_codec
+        self._scheme = b"https" if ssl is not None else b"http"
+        host_text = self._host
+        with contextlib.suppress(ValueError):
+            host_text = f"[{ipaddress.IPv6Address(host_text)}]"
+        self._authority = f"{host_text}:{self._port}".encode()
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The headers every call sends after its own, and HPACK-friendly
+        # bytes for each metadata pair seen (the same few, call after call).
+        self._encoded: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+
+    def __repr__(self) -> str:
+        where = self._path if self._path is not None else f"{self._host}:{self._port}"
+        return f"<H2Channel {where}>"
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @property
+    def connection(self) -> _Connection | None:
+        """The current connection (None before the first call)."""
+        return self._connection
+
+    # -- what the stubs call ------------------------------------------------------
+
+    def request(self, name: str, cardinality: Any, request_type: Any, reply_type: Any, *,
+                timeout: float | None = None, deadline: Any = None,
+                metadata: Mapping[str, str] | None = None) -> _Call:
+        if cardinality.client_streaming or cardinality.server_streaming:
+            raise NotImplementedError("H2Channel makes unary calls only")
+        if deadline is not None:
+            left = deadline.time_remaining()
+            timeout = left if timeout is None else min(timeout, left)
+        return _Call(self, name, request_type, reply_type, timeout, metadata)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def __aenter__(self) -> H2Channel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- connections ---------------------------------------------------------------------
+
+    def usable_connection(self) -> _Connection | None:
+        conn = self._connection
+        return conn if conn is not None and conn.usable else None
+
+    def drop_if_peer_gone(self) -> bool:
+        """Abort the connection if the server has already closed its end
+        (so the next call opens a new one instead of being written into a
+        dead socket and failing after it was sent). True if it did."""
+        conn = self.usable_connection()
+        if conn is None or not conn.peer_gone():
+            return False
+        conn.lost = True
+        conn.abort()
+        self._connection = None
+        return True
+
+    async def connect(self, timeout: float | None) -> _Connection:
+        """The usable connection, opened (once, for all callers) if need be."""
+        if self._connecting is None:
+            self._connecting = self.loop.create_future()
+            try:
+                conn = await asyncio.wait_for(self._open(), timeout)
+            except BaseException as exc:
+                waiters, self._connecting = self._connecting, None
+                waiters.set_exception(exc if isinstance(exc, Exception) else
+                                      ConnectionError("connect cancelled"))
+                waiters.exception()  # retrieved: the other callers may be none
+                raise
+            self._connection = conn
+            waiters, self._connecting = self._connecting, None
+            waiters.set_result(conn)
+            return conn
+        return await asyncio.wait_for(asyncio.shield(self._connecting), timeout)
+
+    async def _open(self) -> _Connection:
+        loop = self.loop
+        if self._connection is not None and not self._connection.lost:
+            # Going away: its calls finish on it; new ones go to a new one.
+            old = self._connection
+            if not old.answers:
+                old.close()
+        if self._path is not None:
+            _, protocol = await loop.create_unix_connection(
+                lambda: _Connection(loop), self._path, ssl=self._ssl,
+                server_hostname=self._server_hostname if self._ssl else None)
+        else:
+            _, protocol = await loop.create_connection(
+                lambda: _Connection(loop), self._host, self._port, ssl=self._ssl,
+                server_hostname=(self._server_hostname or self._host) if self._ssl else None)
+        assert isinstance(protocol, _Connection)
+        return protocol
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def request_headers(self, path: str, timeout: float | None,
+                        metadata: Mapping[str, str] | None) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b":method", b"POST"), (b":scheme", self._scheme), (b":path", path.encode()),
+            (b":authority", self._authority),
+        ]
+        if timeout is not None:
+            headers.append((b"grpc-timeout", _timeout_header(timeout)))
+        headers += ((b"te", b"trailers"), (b"content-type", _CONTENT_TYPE))
+        if metadata:
+            headers += self._encode_metadata(metadata.items())
+        return headers
+
+    def _encode_metadata(self, items: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+        encoded = self._encoded
+        out = []
+        for item in items:
+            pair = encoded.get(item)
+            if pair is None:
+                key, value = item
+                if key != key.lower() or key.startswith(":") or key.endswith("-bin"):
+                    raise ValueError(f"metadata key not supported: {key!r}")
+                pair = (key.encode("ascii"), value.encode("ascii"))
+                if len(encoded) > 1024:
+                    encoded.clear()
+                encoded[item] = pair
+            out.append(pair)
+        return out

@@ -1,0 +1,69 @@
+"""The lean gRPC channel (pymap_admin._channel) against grpclib's server:
+what it must do on the wire besides the plain call the other tests make."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pymap_admin import AdminClient, ConnectionSettings, DeadlineExceeded
+from pymap_admin._channel import H2Channel
+from pymap_admin.grpc import admin_pb2 as pb
+
+from .fake_admin import FakeAdmin, RunningFake
+from .test_tokens import admin_token
+
+
+def _client(tmp_path: Path, **kw: Any) -> AdminClient:
+    token = tmp_path / "token"
+    token.write_text(admin_token())
+    return AdminClient(ConnectionSettings(path=tmp_path / "s.sock", token_file=token,
+                                          login_tokens=False, **kw))
+
+
+async def test_a_call_given_up_is_cancelled_on_the_server(tmp_path: Path) -> None:
+    """A passed deadline sends RST_STREAM: grpclib's server cancels the
+    handler (it would otherwise work on for nobody)."""
+    cancelled = asyncio.Event()
+
+    async def slow(request: Any) -> Any:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    fake = FakeAdmin(script={"Append": slow})
+    async with RunningFake(fake, tmp_path / "s.sock"), _client(tmp_path, timeout=0.3) as client:
+        with pytest.raises(DeadlineExceeded):
+            await client.append("alice", b"x")
+        await asyncio.wait_for(cancelled.wait(), 5)
+        # The connection stays usable for the next call.
+        fake.script.clear()
+        assert (await client.append("alice", b"y")).uid == 1
+
+
+async def test_a_message_beyond_the_flow_control_windows_arrives_whole(tmp_path: Path) -> None:
+    """grpclib's server opens 4 MiB windows: a larger message is sent in
+    frames as the windows grow, interleaved with other calls."""
+    fake = FakeAdmin()
+    big = bytes(range(256)) * (6 * 1024 * 1024 // 256) + b"end"
+    async with RunningFake(fake, tmp_path / "s.sock"), _client(tmp_path) as client:
+        results = await asyncio.gather(client.append("alice", big),
+                                       client.append("bob", b"small"))
+    assert all(result.uid for result in results)
+    by_user = {call.request.user: call.request.data for call in fake.calls}
+    assert by_user == {"alice": big, "bob": b"small"}
+
+
+async def test_only_unary_calls() -> None:
+    from grpclib.const import Cardinality
+
+    channel = H2Channel(path="/nonexistent", codec=None)  # type: ignore[arg-type]
+    with pytest.raises(NotImplementedError):
+        channel.request("/pymap.admin.grpc.Mailbox/Append", Cardinality.UNARY_STREAM,
+                        pb.AppendRequest, pb.AppendResponse)
