@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self
 
-from grpclib.client import Channel, UnaryUnaryMethod
+from grpclib.const import Cardinality
 
 from . import _messages, errors
 from ._wire import SerializedAppend, make_channel
@@ -29,6 +29,8 @@ from .stats import ClientStats
 from .tokens import RequestTokens, TokenSource, inspect_token, token_kind
 
 if TYPE_CHECKING:
+    from grpclib.client import Channel
+
     from .grpc import admin_pb2
 
 __all__ = [
@@ -84,13 +86,30 @@ class UserInfo:
     response: str = ""
 
 
+class _UnaryMethod:
+    """What the pool needs of a generated stub's method: ``open()`` a call on
+    the endpoint's channel (H2Channel, or grpclib's in tests). A delivery's
+    calls use it with the messages of :mod:`pymap_admin._messages`, without
+    the stubs, protobuf's runtime or grpclib's client module."""
+
+    __slots__ = ("channel", "name", "reply_type", "request_type")
+
+    def __init__(self, channel: Any, name: str, request_type: type, reply_type: type) -> None:
+        self.channel = channel
+        self.name = name
+        self.request_type = request_type
+        self.reply_type = reply_type
+
+    def open(self, *, timeout: float | None = None,
+             metadata: Mapping[str, str] | None = None) -> Any:
+        return self.channel.request(self.name, Cardinality.UNARY_UNARY, self.request_type,
+                                    self.reply_type, timeout=timeout, metadata=metadata)
+
+
 def _unary(name: str, request_type: type, reply_type: type) -> MethodOf:
-    """A call with the messages of :mod:`pymap_admin._messages` (no
-    protobuf runtime); ``name`` is the generated stub's (a test compares)."""
-    def method(endpoint: Endpoint) -> UnaryUnaryMethod[Any, Any]:
-        # The method only calls the channel's request(), which H2Channel has.
-        return UnaryUnaryMethod(cast(Channel, endpoint.channel), name, request_type,
-                                reply_type)
+    """``name`` is the generated stub's (a test compares)."""
+    def method(endpoint: Endpoint) -> _UnaryMethod:
+        return _UnaryMethod(endpoint.channel, name, request_type, reply_type)
 
     return method
 

@@ -38,7 +38,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.exceptions import ProtocolError as _H2ProtocolError
 
@@ -47,6 +46,7 @@ from .stats import ClientStats
 from .tokens import TokenSource
 
 if TYPE_CHECKING:
+    from grpclib.client import Channel
     from grpclib.health.v1.health_grpc import HealthStub
 
     from ._channel import H2Channel
