@@ -63,6 +63,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
+from hpack import Encoder
 
 __all__ = ["H2Channel"]
 
@@ -86,6 +87,53 @@ _H2_CONFIG = H2Configuration(
     validate_outbound_headers=False, normalize_outbound_headers=False,
     validate_inbound_headers=False, normalize_inbound_headers=False,
 )
+
+
+class _IndexedBlocks(Encoder):
+    """An HPACK encoder that remembers header blocks made only of table
+    indexes.
+
+    A call's headers are the same few values again and again (the path,
+    the authority, each user's narrowed token for its time window): once in
+    the table, each is encoded as its index, and encoding them once more
+    gives the same bytes for as long as the table is unchanged. Any
+    insertion, eviction or size change is a new table state, and a block
+    is reused only in the state it was made in.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inserts = 0
+        self._blocks: dict[tuple[Any, ...], tuple[tuple[int, int, int], bytes]] = {}
+        add = self.header_table.add
+
+        def counting_add(name: bytes, value: bytes) -> None:
+            self._inserts += 1
+            add(name, value)
+
+        self.header_table.add = counting_add  # type: ignore[method-assign]
+
+    def _state(self) -> tuple[int, int, int]:
+        table = self.header_table
+        return (self._inserts, len(table.dynamic_entries), table.maxsize)
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        key = tuple(headers)
+        state = self._state()
+        resized = self.header_table.resized
+        cached = self._blocks.get(key)
+        if cached is not None and cached[0] == state and not resized:
+            self.reused += 1
+            return cached[1]
+        block: bytes = super().encode(key, huffman)
+        if not resized and self._state() == state:
+            if len(self._blocks) >= 256:
+                self._blocks.clear()
+            self._blocks[key] = (state, block)
+        return block
+
+    #: Blocks sent again without encoding (a test reads it).
+    reused = 0
 
 
 @lru_cache(maxsize=64)
@@ -129,6 +177,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.h2 = H2Connection(config=_H2_CONFIG)
+        self.h2.encoder = _IndexedBlocks()
         self.transport: asyncio.Transport | None = None
         self.answers: dict[int, _Answer] = {}
         #: Lost, or told by GOAWAY to start nothing new.
@@ -527,7 +576,9 @@ class H2Channel:
         (so the next call opens a new one instead of being written into a
         dead socket and failing after it was sent). True if it did."""
         conn = self.usable_connection()
-        if conn is None or not conn.peer_gone():
+        # A call already started in this loop turn (its send is pending)
+        # looked: the answer holds until the loop reads from sockets again.
+        if conn is None or conn._flush_scheduled or not conn.peer_gone():
             return False
         conn.lost = True
         conn.abort()

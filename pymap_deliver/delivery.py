@@ -13,8 +13,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
@@ -77,28 +76,26 @@ class ByteBudget:
         self.used = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
-    @asynccontextmanager
-    async def reserve(self, size: int) -> AsyncIterator[None]:
-        size = min(size, self.limit)
-        if self._waiters or self.used + size > self.limit:
-            waiter = asyncio.get_running_loop().create_future()
-            entry = (size, waiter)
-            self._waiters.append(entry)
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._release(size)  # granted, then cancelled: give it back
-                else:
-                    self._waiters.remove(entry)
-                    self._wake()
-                raise
-        else:
+    def reserve(self, size: int) -> _Reservation:
+        """``async with budget.reserve(n):`` holds ``n`` bytes of the budget."""
+        return _Reservation(self, min(size, self.limit))
+
+    async def _acquire(self, size: int) -> None:
+        if not self._waiters and self.used + size <= self.limit:
             self.used += size
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
         try:
-            yield
-        finally:
-            self._release(size)
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release(size)  # granted, then cancelled: give it back
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
 
     def _release(self, size: int) -> None:
         self.used -= size
@@ -110,6 +107,23 @@ class ByteBudget:
             if not waiter.done():
                 self.used += size
                 waiter.set_result(None)
+
+
+class _Reservation:
+    """What :meth:`ByteBudget.reserve` returns (a plain async context
+    manager: one per Append, so not a generator-based one)."""
+
+    __slots__ = ("_budget", "_size")
+
+    def __init__(self, budget: ByteBudget, size: int) -> None:
+        self._budget = budget
+        self._size = size
+
+    async def __aenter__(self) -> None:
+        await self._budget._acquire(self._size)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._budget._release(self._size)
 
 
 class PymapBackend:
@@ -247,6 +261,9 @@ class PymapBackend:
                                     "msgid": message_id(message.data),
                                     "size": len(message.data)}
         targets = [self._options.rules.resolve(rcpt) for rcpt in message.recipients]
+        if len(targets) == 1:
+            # The common case: no gather, no task of its own.
+            return [(await self._deliver_one(message, targets[0], queue_id, about)).reply]
         outcomes = await asyncio.gather(*(self._deliver_one(message, t, queue_id, about)
                                           for t in targets))
         return [outcome.reply for outcome in outcomes]

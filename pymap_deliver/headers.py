@@ -67,10 +67,11 @@ def _tcp_info(peer: str) -> str:
 
 
 # Every recipient of a message shares its time of receipt and its session:
-# these parts are built once per message, not once per recipient.
+# these parts are built once per message, not once per recipient (the date,
+# to the second as RFC 5322 writes it, once per second).
 @lru_cache(maxsize=256)
-def _date(timestamp: float) -> str:
-    return formatdate(timestamp, localtime=True)
+def _date(second: int) -> str:
+    return formatdate(second, localtime=True)
 
 
 @lru_cache(maxsize=256)
@@ -108,7 +109,7 @@ def trace_headers(
     # keeps every line short unless an address itself is long.
     received = (
         f"{_received_from(lhlo_name, peer, hostname, protocol, session_id)}"
-        f"\tfor <{recipient}>; {_date(received_at)}\r\n"
+        f"\tfor <{recipient}>; {_date(int(received_at))}\r\n"
     )
     text = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n{received}"
     # Without SMTPUTF8 an address is ASCII in practice, but a sloppy client may

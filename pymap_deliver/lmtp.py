@@ -108,6 +108,8 @@ class LMTPSession(asyncio.Protocol):
         self._delivering = False
         self._lost = False
         self._closing = False
+        #: Why we closed (None: the client went away first).
+        self._close_reason: str | None = None
         self._reading_paused = False
         self._writing_paused = False
         self._last_input = loop.time()
@@ -251,7 +253,11 @@ class LMTPSession(asyncio.Protocol):
     def _close(self, event: Close) -> None:
         assert self._conn is not None
         self._closing = True
-        log.info(log_event("session closing", session=self.session_id, reason=event.reason))
+        self._close_reason = event.reason
+        # After QUIT the "session closed" line says it; anything else (a
+        # timeout, errors, shutdown) is worth a line of its own at once.
+        log.log(logging.DEBUG if event.reason == "quit" else logging.INFO,
+                log_event("session closing", session=self.session_id, reason=event.reason))
         self._write(self._conn.data_to_send())
         if self._transport is not None:
             self._transport.close()
@@ -298,8 +304,9 @@ class LMTPSession(asyncio.Protocol):
         self._write_timer = None
         # A 421 would not be read either: drop the connection, so that the
         # client cannot hold a slot (and a graceful stop) for ever.
+        self._close_reason = "write timeout, the client does not read"
         log.info(log_event("session closing", session=self.session_id,
-                       reason="write timeout, the client does not read"))
+                           reason=self._close_reason))
         self._closing = True
         self.abort()
 
@@ -360,6 +367,7 @@ class LMTPSession(asyncio.Protocol):
         self._pump()
 
     def _report_closed(self) -> None:
-        log.info(log_event("session closed", session=self.session_id))
+        log.info(log_event("session closed", session=self.session_id,
+                           reason=self._close_reason))
         if self._on_closed is not None:
             self._on_closed(self)

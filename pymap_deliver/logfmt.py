@@ -168,13 +168,17 @@ def configure(level: int, *, target: str = "stderr", stream: TextIO | None = Non
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
+    # Our lines name no thread, process or source line: the logging HOWTO's
+    # "Optimization" switches keep each record from looking them up (a
+    # delivery logs a line per recipient).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     # hpack logs every header it encodes at DEBUG, values included: that is
     # our auth-token. It and h2 stay at INFO whatever the level asked for.
     for name in ("hpack", "h2"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))
-    # aiosmtpd narrates every connection at INFO; our own lines say what an
-    # operator needs.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, level))
 
 
 def reopen_files() -> None:

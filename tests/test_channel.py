@@ -67,3 +67,26 @@ async def test_only_unary_calls() -> None:
     with pytest.raises(NotImplementedError):
         channel.request("/pymap.admin.grpc.Mailbox/Append", Cardinality.UNARY_STREAM,
                         pb.AppendRequest, pb.AppendResponse)
+
+
+async def test_header_blocks_of_indexes_are_reused_and_decode_right(tmp_path: Path) -> None:
+    """Once a call's headers are all in the HPACK table, the same block is
+    sent again without encoding; the server still reads each call's own
+    token (users interleaved, and a new user's token inserted midway)."""
+    from pymap_admin import inspect_token
+
+    fake = FakeAdmin()
+    users = ["alice", "bob", "carol"]
+    async with RunningFake(fake, tmp_path / "s.sock"), _client(tmp_path) as client:
+        for round_ in range(4):
+            await asyncio.gather(*(client.append(user, b"x") for user in users))
+            if round_ == 1:
+                await client.append("dave", b"x")
+        channel = client.pool.endpoints[0].channel
+        assert isinstance(channel, H2Channel) and channel.connection is not None
+        # Round 1 makes the blocks, dave's token changes the table, round 2
+        # makes them again, round 3 reuses them.
+        assert channel.connection.h2.encoder.reused == 3  # type: ignore[attr-defined]
+    assert len(fake.calls) == 13
+    for call in fake.calls:
+        assert inspect_token(call.metadata["auth-token"]).authzid == call.request.user
