@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 from devstack.localpymap import REPO, PymapServer, cleanup, pymap_executable
@@ -61,8 +62,10 @@ def install_ours(folder: Path) -> Path:
 
     wheels = folder / "wheels"
     # As ``python -m build`` does: the wheel from the sdist, so that nothing
-    # stale in the checkout's build/ gets in.
-    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", wheels, REPO)
+    # stale in the checkout's build/ gets in. Without isolation where this
+    # environment has the build tools (quicker, offline); else isolated.
+    isolation = ["--no-isolation"] if find_spec("setuptools") else []
+    run(sys.executable, "-m", "build", *isolation, "--outdir", wheels, REPO)
     (wheel,) = wheels.glob("*.whl")
     constraints = folder / "constraints.txt"
     constraints.write_text(run(sys.executable, "-m", "pip", "freeze", "--exclude-editable"))

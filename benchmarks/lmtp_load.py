@@ -5,8 +5,8 @@ sessions, 4 KB messages, 1 and 5 recipients per message):
 
 * aiosmtpd's bare LMTP server with a no-op handler answering 250 per
   recipient: the ceiling of the library;
-* pymap-deliver into a zero-work admin server (this file's own, on the
-  generated grpclib base classes): ratio to the bare rate, target >= 0.70;
+* pymap-deliver into a zero-work admin server (the tests' fake, in a
+  process of its own): ratio to the bare rate, target >= 0.70;
 * pymap-deliver into a real pymap 0.36.7 beside the raw concurrent
   ``Append`` rate at the same concurrency (sessions x recipients calls in
   flight, same message size, same number of deliveries): target >= 0.90;

@@ -227,6 +227,8 @@ class AppendHead:
             if value is not None:
                 parts.append(_text_field(APPEND_REQUEST[name], value))
         parts.extend(_text_field(APPEND_REQUEST["flags"], flag) for flag in flags)
+        if not 0 <= when < 1 << 64:
+            raise ValueError(f"when out of range for uint64: {when}")
         if when:
             parts.append(field_key(APPEND_REQUEST["when"], _VARINT) + varint(when))
         self.payload = b"".join(parts)

@@ -179,9 +179,6 @@ def configure(level: int, *, target: str = "stderr", stream: TextIO | None = Non
     # our auth-token. It and h2 stay at INFO whatever the level asked for.
     for name in ("hpack", "h2"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))
-    # aiosmtpd narrates every connection at INFO; our own lines say what an
-    # operator needs.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, level))
 
 
 def reopen_files() -> None:

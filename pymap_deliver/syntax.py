@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from pymap_admin.outcomes import Replies, Reply
 
@@ -118,32 +118,48 @@ def parse_params(text: str) -> dict[str, str | None] | None:
     return params
 
 
+class _Envelope(NamedTuple):
+    """What differs between the MAIL and RCPT arguments."""
+
+    verb: str
+    prefix: str
+    syntax: Reply
+    bad_address: Reply
+    #: The null reverse-path ``<>`` is a sender, never a recipient.
+    allow_empty: bool
+    #: The ESMTP parameters it takes; any other is refused.
+    params: frozenset[str]
+
+
+_MAIL = _Envelope("MAIL", "FROM:", Replies.MAIL_SYNTAX, Replies.BAD_SENDER, allow_empty=True,
+                  params=frozenset({"BODY", "SMTPUTF8", "SIZE"}))
+_RCPT = _Envelope("RCPT", "TO:", Replies.RCPT_SYNTAX, Replies.BAD_RECIPIENT, allow_empty=False,
+                  params=frozenset())
+
+
 def _parse_envelope_command(
-    arg: str, *, prefix: str, syntax: Reply, bad_address: Reply, allow_empty: bool
+    arg: str, verb: _Envelope
 ) -> tuple[str, dict[str, str | None]] | Reply:
     """The one parser of ``FROM:<path> params`` and ``TO:<path> params``."""
-    if arg[:len(prefix)].upper() != prefix:
-        return syntax
-    rest = arg[len(prefix):]
+    if arg[:len(verb.prefix)].upper() != verb.prefix:
+        return verb.syntax
+    rest = arg[len(verb.prefix):]
     parsed = parse_path(rest)
     # An unparseable path is checked whole: a CR may come with a space, as in
     # "<a\rBcc: b>", and must still be reported as the unsafe address.
     if not address_is_safe(rest if parsed is None else parsed[0]):
-        return bad_address
+        return verb.bad_address
     params = parse_params(parsed[1]) if parsed is not None else None
-    if parsed is None or params is None or not (parsed[0] or allow_empty):
-        return syntax
+    if parsed is None or params is None or not (parsed[0] or verb.allow_empty):
+        return verb.syntax
+    if unknown := [name for name in params if name not in verb.params]:
+        return Replies.UNSUPPORTED_PARAMETER.format(verb=verb.verb, names=" ".join(unknown))
     return parsed[0], params
-
-
-def _unsupported(verb: str, params: dict[str, str | None]) -> Reply:
-    return Replies.UNSUPPORTED_PARAMETER.format(verb=verb, names=" ".join(params))
 
 
 def parse_mail(arg: str) -> Mail | Reply:
     """The argument of ``MAIL`` (``FROM:<address> [BODY=..] [SMTPUTF8] [SIZE=n]``)."""
-    parsed = _parse_envelope_command(arg, prefix="FROM:", syntax=Replies.MAIL_SYNTAX,
-                                     bad_address=Replies.BAD_SENDER, allow_empty=True)
+    parsed = _parse_envelope_command(arg, _MAIL)
     if isinstance(parsed, Reply):
         return parsed
     sender, params = parsed
@@ -159,18 +175,10 @@ def parse_mail(arg: str) -> Mail | Reply:
         if value is None or not value.isascii() or not value.isdigit():
             return Replies.SIZE_SYNTAX
         size = int(value)
-    if params:
-        return _unsupported("MAIL", params)
     return Mail(sender, body_8bitmime=body.upper() == "8BITMIME", smtputf8=smtputf8, size=size)
 
 
 def parse_rcpt(arg: str) -> str | Reply:
     """The argument of ``RCPT`` (``TO:<address>``): the address, or a refusal."""
-    parsed = _parse_envelope_command(arg, prefix="TO:", syntax=Replies.RCPT_SYNTAX,
-                                     bad_address=Replies.BAD_RECIPIENT, allow_empty=False)
-    if isinstance(parsed, Reply):
-        return parsed
-    address, params = parsed
-    if params:
-        return _unsupported("RCPT", params)
-    return address
+    parsed = _parse_envelope_command(arg, _RCPT)
+    return parsed if isinstance(parsed, Reply) else parsed[0]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,18 @@ def settings(path: Path, token_file: Path, **kw: Any) -> ConnectionSettings:
     return ConnectionSettings(path=path, token_file=token_file, login_tokens=False, **kw)
 
 
+@contextlib.asynccontextmanager
+async def served(fake: FakeAdmin, tmp_path: Path, token_file: Path, *,
+                 attenuate_tokens: bool = True, **kw: Any) -> AsyncIterator[AdminClient]:
+    """``fake`` on a socket of the test's own, and a client of it (``kw``:
+    its settings)."""
+    path = tmp_path / "s.sock"
+    async with RunningFake(fake, path), \
+            AdminClient(settings(path, token_file, **kw),
+                        attenuate_tokens=attenuate_tokens) as client:
+        yield client
+
+
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
     path = tmp_path / "token"
@@ -54,8 +68,7 @@ def token_file(tmp_path: Path) -> Path:
 async def test_metadata_carries_version_and_a_narrowed_token(tmp_path: Path,
                                                              token_file: Path) -> None:
     fake = FakeAdmin()
-    async with RunningFake(fake, tmp_path / "s.sock"), \
-            AdminClient(settings(tmp_path / "s.sock", token_file)) as client:
+    async with served(fake, tmp_path, token_file) as client:
         await client.ping()
         result = await client.append("alice", b"data", sender="s@x", recipient="alice@x",
                                      flags=["\\Seen"], when=1234)
@@ -77,8 +90,7 @@ async def test_metadata_carries_version_and_a_narrowed_token(tmp_path: Path,
 async def test_unset_optional_fields_are_absent_on_the_wire(tmp_path: Path,
                                                             token_file: Path) -> None:
     fake = FakeAdmin()
-    async with RunningFake(fake, tmp_path / "s.sock"), \
-            AdminClient(settings(tmp_path / "s.sock", token_file)) as client:
+    async with served(fake, tmp_path, token_file) as client:
         await client.append("alice", b"data")
         await client.set_user("bob", password=None)
         await client.login("carol")
@@ -94,8 +106,7 @@ async def test_unset_optional_fields_are_absent_on_the_wire(tmp_path: Path,
 
 async def test_deadline(tmp_path: Path, token_file: Path) -> None:
     fake = FakeAdmin(script={"Append": sleep_forever()})
-    async with RunningFake(fake, tmp_path / "s.sock"), \
-            AdminClient(settings(tmp_path / "s.sock", token_file, timeout=0.3)) as client:
+    async with served(fake, tmp_path, token_file, timeout=0.3) as client:
         with pytest.raises(DeadlineExceeded) as info:
             await client.append("alice", b"x")
     assert isinstance(info.value, TimeoutError)
@@ -115,8 +126,7 @@ async def test_connection_reset(tmp_path: Path, token_file: Path) -> None:
 
 async def test_unknown_result_key_is_temporary(tmp_path: Path, token_file: Path) -> None:
     fake = FakeAdmin(script={"Append": respond_failure("QuotaExceededSomeday", "Append NO x")})
-    async with RunningFake(fake, tmp_path / "s.sock"), \
-            AdminClient(settings(tmp_path / "s.sock", token_file)) as client:
+    async with served(fake, tmp_path, token_file) as client:
         with pytest.raises(UnknownResultError) as info:
             await client.append("alice", b"x")
     assert info.value.key == "QuotaExceededSomeday"
@@ -125,8 +135,7 @@ async def test_unknown_result_key_is_temporary(tmp_path: Path, token_file: Path)
 
 async def test_version_refusal_with_error_info(tmp_path: Path, token_file: Path) -> None:
     fake = FakeAdmin(script={"Ping": incompatible_version("0.12.1", "1.0.0")})
-    async with RunningFake(fake, tmp_path / "s.sock"), \
-            AdminClient(settings(tmp_path / "s.sock", token_file)) as client:
+    async with served(fake, tmp_path, token_file) as client:
         with pytest.raises(IncompatibleVersion) as info:
             await client.ping()
     assert info.value.details == {"client_version": "0.12.1", "server_version": "1.0.0"}
@@ -137,8 +146,7 @@ async def test_version_refusal_with_error_info(tmp_path: Path, token_file: Path)
 async def test_unimplemented(tmp_path: Path, token_file: Path) -> None:
     fake = FakeAdmin(script={"DeleteUser": grpc_error(Status.UNIMPLEMENTED,
                                                       "Operation not available")})
-    async with RunningFake(fake, tmp_path / "s.sock"), \
-            AdminClient(settings(tmp_path / "s.sock", token_file)) as client:
+    async with served(fake, tmp_path, token_file) as client:
         with pytest.raises(Unimplemented):
             await client.delete_user("x")
 
@@ -162,9 +170,7 @@ async def test_auth_failure_rereads_the_token_file_once(tmp_path: Path,
         return pb.AppendResponse(result=pb.Result(code=pb.SUCCESS), mailbox="INBOX", uid=7)
 
     fake.script["Append"] = checking_append
-    async with RunningFake(fake, tmp_path / "s.sock"), \
-            AdminClient(settings(tmp_path / "s.sock", token_file),
-                        attenuate_tokens=False) as client:
+    async with served(fake, tmp_path, token_file, attenuate_tokens=False) as client:
         client.tokens.current()
         stat = token_file.stat()
         token_file.write_text(new)
@@ -187,8 +193,7 @@ async def test_concurrent_calls_are_multiplexed(tmp_path: Path, token_file: Path
         return pb.AppendResponse(result=pb.Result(code=pb.SUCCESS), mailbox="INBOX", uid=1)
 
     fake = FakeAdmin(script={"Append": slow_append})
-    async with RunningFake(fake, tmp_path / "s.sock"), \
-            AdminClient(settings(tmp_path / "s.sock", token_file)) as client:
+    async with served(fake, tmp_path, token_file) as client:
         tasks = [asyncio.create_task(client.append("alice", b"x")) for _ in range(50)]
         while fake.in_flight < 50:
             await asyncio.sleep(0.01)

@@ -69,6 +69,14 @@ def test_append_head_parses_back(fields: dict[str, Any], prefix: bytes, data: by
     assert head.SerializeToString() == expected.SerializeToString()
 
 
+@pytest.mark.parametrize("when", [-1, 2**64])
+def test_append_head_refuses_what_protobuf_refuses(when: int) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 (protobuf's is a plain ValueError too)
+        pb.AppendRequest(when=when)
+    with pytest.raises(ValueError, match="out of range"):
+        lean.AppendHead("user", when=when)
+
+
 @given(authcid=text)
 def test_login_request_is_protobufs(authcid: str) -> None:
     assert lean.LoginRequest(authcid).SerializeToString() == (

@@ -6,8 +6,10 @@ test_cluster.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,17 @@ def pool_settings(tmp_path: Path, *paths: Path, **kw: Any) -> ConnectionSettings
                               token_file=token, timeout=10.0, **kw)
 
 
+@contextlib.asynccontextmanager
+async def dropping_first(fake: FakeAdmin, tmp_path: Path
+                         ) -> AsyncIterator[tuple[DropAfterRequest, AdminClient]]:
+    """A client of two endpoints: ``a.sock`` drops every call once its
+    request is in, ``b.sock`` serves ``fake`` (and the health service)."""
+    first, second = tmp_path / "a.sock", tmp_path / "b.sock"
+    async with DropAfterRequest(first) as dropper, HealthyFake(fake, second), \
+            AdminClient(pool_settings(tmp_path, first, second)) as client:
+        yield dropper, client
+
+
 def appends(fake: FakeAdmin) -> int:
     return sum(1 for call in fake.calls if call.method == "Append")
 
@@ -114,10 +127,7 @@ async def test_a_call_lost_after_sending_is_retried_once_elsewhere_and_logged(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeAdmin()
     caplog.set_level(logging.INFO, "pymap_admin.pool")
-    async with DropAfterRequest(tmp_path / "a.sock") as dropper, \
-            HealthyFake(fake, tmp_path / "b.sock"), \
-            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
-                        ) as client:
+    async with dropping_first(fake, tmp_path) as (dropper, client):
         # Equal load: the first endpoint comes first.
         result = await client.append("alice", BODY)
         assert result.uid == 1
@@ -135,10 +145,7 @@ async def test_a_connection_lost_while_sending_is_not_ambiguous(tmp_path: Path) 
     sending when the connection goes. pymap cannot have stored it."""
     fake = FakeAdmin()
     big = BODY + b"x" * 300_000
-    async with DropAfterRequest(tmp_path / "a.sock") as dropper, \
-            HealthyFake(fake, tmp_path / "b.sock"), \
-            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
-                        ) as client:
+    async with dropping_first(fake, tmp_path) as (dropper, client):
         assert (await client.append("alice", big)).uid == 1
         assert dropper.requests == 1 and appends(fake) == 1
         stats = client.pool.stats
@@ -164,10 +171,7 @@ async def test_a_second_lost_call_is_a_temporary_failure(tmp_path: Path) -> None
 
 async def test_a_changing_call_is_not_repeated_after_a_lost_connection(tmp_path: Path) -> None:
     fake = FakeAdmin()
-    async with DropAfterRequest(tmp_path / "a.sock"), \
-            HealthyFake(fake, tmp_path / "b.sock"), \
-            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
-                        ) as client:
+    async with dropping_first(fake, tmp_path) as (_, client):
         with pytest.raises(ConnectionReset):
             await client.set_user("alice", password="pw")
         assert fake.calls == []
@@ -317,10 +321,7 @@ async def test_the_pool_shows_in_the_daemons_metrics(tmp_path: Path) -> None:
     from .test_daemon_ops import samples
 
     fake = FakeAdmin()
-    async with DropAfterRequest(tmp_path / "a.sock"), \
-            HealthyFake(fake, tmp_path / "b.sock"), \
-            AdminClient(pool_settings(tmp_path, tmp_path / "a.sock", tmp_path / "b.sock")
-                        ) as client:
+    async with dropping_first(fake, tmp_path) as (_, client):
         await client.append("alice", BODY)  # cut off on a, retried on b
         metrics = MetricsServer.for_daemon(
             TcpEndpoint(port=0), Stats(), sessions=lambda: 0, in_flight=lambda: 0,
