@@ -54,6 +54,8 @@ class ExitStatus(IntEnum):
     SOFTWARE = 70
     #: EX_OSERR: the system refused (a listener that cannot be bound).
     OSERR = 71
+    #: EX_CANTCREAT: an output file cannot be written (install-contrib).
+    CANTCREAT = 73
     TEMPFAIL = 75
     NOPERM = 77
     #: EX_CONFIG: the configuration is wrong.

@@ -46,6 +46,13 @@ class Plan:
     mode: int = 0o644
 
 
+PROG = "pymap-deliver install-contrib"
+
+
+class _NoContrib(Exception):
+    """Neither a wheel's share folder nor a checkout's contrib folder."""
+
+
 def _share() -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
     """The shipped ``share/`` folder; from a checkout, one generated now."""
     from ._share import build_share, shipped_share
@@ -55,7 +62,7 @@ def _share() -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
         return shipped, None
     checkout = Path(__file__).resolve().parent.parent
     if not (checkout / "contrib").is_dir():
-        raise SystemExit("pymap-deliver install-contrib: this installation has no contrib files")
+        raise _NoContrib("this installation has no contrib files")
     from importlib.metadata import version
 
     temporary = tempfile.TemporaryDirectory(prefix="pymap-deliver-share-")
@@ -175,7 +182,7 @@ class Installer:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pymap-deliver install-contrib",
+        prog=PROG,
         description="Install the systemd units, example configuration, man pages, shell "
                     "completions and MTA snippets. Files you changed are kept (the new "
                     "version is written beside them as FILE.new).")
@@ -194,16 +201,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    stream = out or sys.stdout
-    share, temporary = _share()
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    stream, errors = out or sys.stdout, err or sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help; or a mistake, which argparse has reported
+        return ExitStatus.OK if exc.code in (0, None) else ExitStatus.USAGE
+    try:
+        share, temporary = _share()
+    except _NoContrib as exc:
+        print(f"{PROG}: {exc}", file=errors)
+        return ExitStatus.SOFTWARE
     try:
         installer = Installer(args.root, force=args.force, dry_run=args.dry_run, out=stream)
         for item in plan(share, prefix=args.prefix, sysconfdir=args.sysconfdir,
                          bin_dir=args.bin_dir):
             installer.install(item)
         installer.finish()
+    except OSError as exc:
+        print(f"{PROG}: {exc}", file=errors)
+        return ExitStatus.CANTCREAT
     finally:
         if temporary is not None:
             temporary.cleanup()

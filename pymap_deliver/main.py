@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     if args[:1] == ["install-contrib"]:
         from .install import main as install_contrib
 
-        return install_contrib(args[1:], out=out)
+        return install_contrib(args[1:], out=out, err=err)
     try:
         ns, config = load(argv)
     except UsageError as exc:

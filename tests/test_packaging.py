@@ -541,3 +541,21 @@ def test_pymap_unit_removes_stale_maildir_locks_before_start(tmp_path: Path) -> 
     _check(argv)
     assert [path for path in locks if path.exists()] == []
     assert [path for path in kept if not path.exists()] == []
+
+
+def test_install_contrib_exit_statuses(tmp_path: Path) -> None:
+    from io import StringIO
+
+    from pymap_admin.outcomes import ExitStatus
+    from pymap_deliver.main import main
+
+    out, err = StringIO(), StringIO()
+    assert main(["install-contrib", "--no-such-option"], stdout=out, stderr=err) \
+        == ExitStatus.USAGE
+    # A root that cannot hold folders: said in one line, EX_CANTCREAT.
+    root = tmp_path / "a-file"
+    root.write_text("")
+    assert main(["install-contrib", "--root", str(root)], stdout=out, stderr=err) \
+        == ExitStatus.CANTCREAT
+    assert err.getvalue().splitlines()[-1].startswith("pymap-deliver install-contrib: ")
+    assert "Traceback" not in err.getvalue()
