@@ -1,8 +1,9 @@
 """The async client of pymap's admin API.
 
-One :class:`AdminClient` owns one grpclib channel per admin endpoint: one
-HTTP/2 connection on which any number of calls are multiplexed, reconnected
-on demand after the server went away. With several endpoints (members of a
+One :class:`AdminClient` owns one channel per admin endpoint
+(:class:`~pymap_admin._channel.H2Channel`): one HTTP/2 connection on which
+any number of calls are multiplexed, reconnected on demand after the server
+went away. With several endpoints (members of a
 pymap cluster) the pool of :mod:`pymap_admin.pool` spreads the calls and
 fails over. Results are plain dataclasses; failures are the exceptions
 of :mod:`pymap_admin.errors`.

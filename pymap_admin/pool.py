@@ -1,6 +1,6 @@
 """Several admin endpoints behind one :class:`~pymap_admin.AdminClient`.
 
-Each endpoint (a pymap member) has one grpclib channel. With one endpoint
+Each endpoint (a pymap member) has one channel. With one endpoint
 the pool only runs the call there: no health checks, no retries, the same
 errors as a plain channel. With several:
 
@@ -118,7 +118,8 @@ class Endpoint:
         return f"<Endpoint {self.target} {state} in_flight={self.in_flight}>"
 
 
-#: Picks the grpclib method of an endpoint, e.g. ``lambda e: e.mailbox.Append``.
+#: Picks the method of an endpoint (a stub's, or one with ``open()`` like
+#: it), e.g. ``lambda e: e.mailbox.Append``.
 MethodOf = Callable[[Endpoint], Any]
 #: The metadata of a call: the same for every endpoint, or made for the
 #: endpoint the call goes to (its own admin token).
@@ -293,10 +294,11 @@ class EndpointPool:
         try:
             async with method(endpoint).open(timeout=timeout, metadata=metadata) as stream:
                 # pymap acts on a request only once it has all of it: the
-                # last DATA frame carries END_STREAM, and grpclib writes it
-                # with no wait after it (a failure inside send_message comes
-                # from a wait before it: for the connection or the flow
-                # control window). Until then a failure has done nothing.
+                # last DATA frame carries END_STREAM, and the channel queues
+                # it with no wait after it (a failure inside send_message
+                # comes from a wait before it: for the connection, a stream,
+                # the flow control window). Until then a failure has done
+                # nothing.
                 await stream.send_message(request, end=True)
                 whole_request_sent = True
                 reply = await stream.recv_message()
