@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.util import find_spec
 from pathlib import Path
 
 from devstack.localpymap import REPO, PymapServer, cleanup, pymap_executable
@@ -63,9 +63,14 @@ def install_ours(folder: Path) -> Path:
     wheels = folder / "wheels"
     # As ``python -m build`` does: the wheel from the sdist, so that nothing
     # stale in the checkout's build/ gets in. Without isolation where this
-    # environment has the build tools (quicker, offline); else isolated.
-    isolation = ["--no-isolation"] if find_spec("setuptools") else []
-    run(sys.executable, "-m", "build", *isolation, "--outdir", wheels, REPO)
+    # environment's build tools will do (quicker, offline); else isolated
+    # (a fresh venv's bundled setuptools is older than the project needs).
+    build: list[str | Path] = [sys.executable, "-m", "build", "--outdir", wheels, REPO]
+    try:
+        run(*build, "--no-isolation")
+    except subprocess.CalledProcessError:
+        shutil.rmtree(wheels, ignore_errors=True)
+        run(*build)
     (wheel,) = wheels.glob("*.whl")
     constraints = folder / "constraints.txt"
     constraints.write_text(run(sys.executable, "-m", "pip", "freeze", "--exclude-editable"))
