@@ -69,6 +69,8 @@ __all__ = ["H2Channel"]
 
 #: Our receive windows (connection and stream), as grpclib's default.
 _WINDOW = 4 * 1024 * 1024
+#: What a poll reports when the server has hung up or the socket failed.
+_HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 #: Buffered writes above this many bytes go out at once rather than at the
 #: end of the loop turn (a large message is not held whole to be joined).
 _FLUSH_LIMIT = 64 * 1024
@@ -179,6 +181,8 @@ class _Connection(asyncio.Protocol):
         self.h2 = H2Connection(config=_H2_CONFIG)
         self.h2.encoder = _IndexedBlocks()
         self.transport: asyncio.Transport | None = None
+        #: Polled for a hang-up we have not read yet (None: no socket to poll).
+        self._hangup_poller: select.poll | None = None
         self.answers: dict[int, _Answer] = {}
         #: Lost, or told by GOAWAY to start nothing new.
         self.lost = False
@@ -204,6 +208,9 @@ class _Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None and hasattr(select, "poll"):
+            self._hangup_poller = select.poll()
+            self._hangup_poller.register(sock.fileno(), _HANGUP)
         h2 = self.h2
         h2.initiate_connection()
         h2.increment_flow_control_window(_WINDOW - h2.local_settings.initial_window_size)
@@ -275,6 +282,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.transport = None
+        self._hangup_poller = None
         self._fail_all("Connection lost")
         self._wake_stream_waiters()
         if self._writable is not None and not self._writable.done():
@@ -344,16 +352,10 @@ class _Connection(asyncio.Protocol):
     def peer_gone(self) -> bool:
         """True when the server closed its end and we did not notice yet
         (this loop was busy): a poll with no wait sees the hang-up."""
-        transport = self.transport
-        if transport is None or not hasattr(select, "poll"):
-            return False
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return False
-        hangup = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
-        poller = select.poll()
-        poller.register(sock.fileno(), hangup)
-        return any(events & hangup for _, events in poller.poll(0))
+        poller, transport = self._hangup_poller, self.transport
+        if poller is None or transport is None or transport.is_closing():
+            return False  # not connected, or its fd may be closed already
+        return any(events & _HANGUP for _, events in poller.poll(0))
 
     def close(self) -> None:
         if self.transport is not None:
@@ -507,7 +509,8 @@ class _Call:
         length = int.from_bytes(data[1:5], "big")
         if len(data) < 5 + length:
             raise ProtocolError("incomplete message")
-        return self._channel.codec.decode(bytes(data[5:5 + length]), self._reply_type)
+        return self._channel.codec.decode(bytes(memoryview(data)[5:5 + length]),
+                                          self._reply_type)
 
     def _check_status(self, headers: Mapping[bytes, bytes]) -> None:
         raw = headers.get(b"grpc-status")
@@ -580,25 +583,16 @@ class H2Channel:
     # -- what the stubs call ------------------------------------------------------
 
     def request(self, name: str, cardinality: Any, request_type: Any, reply_type: Any, *,
-                timeout: float | None = None, deadline: Any = None,
+                timeout: float | None = None,
                 metadata: Mapping[str, str] | None = None) -> _Call:
         if cardinality.client_streaming or cardinality.server_streaming:
             raise NotImplementedError("H2Channel makes unary calls only")
-        if deadline is not None:
-            left = deadline.time_remaining()
-            timeout = left if timeout is None else min(timeout, left)
         return _Call(self, name, request_type, reply_type, timeout, metadata)
 
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-    async def __aenter__(self) -> H2Channel:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- connections ---------------------------------------------------------------------
 

@@ -47,6 +47,9 @@ __all__ = [
 #: pymap accepts 0.12.x from a 0.12.y server; our own package version would
 #: be refused.
 PROTOCOL_VERSION = "0.12.1"
+# A token file is re-read at once when the server refuses its token, so
+# looking at it once a second is enough otherwise.
+_TOKEN_FILE_CHECK_INTERVAL = 1.0
 
 @dataclass(frozen=True, slots=True)
 class PingResult:
@@ -191,10 +194,9 @@ class AdminClient:
         if channel is not None:
             endpoints = [Endpoint("the admin service", channel)]
         else:
-            # A token file is re-read at once when the server refuses its
-            # token, so looking at it once a second is enough otherwise.
             endpoints = [Endpoint(member.target, make_channel(member),
-                                  TokenSource(path=member.token_file, check_interval=1.0)
+                                  TokenSource(path=member.token_file,
+                                              check_interval=_TOKEN_FILE_CHECK_INTERVAL)
                                   if own_tokens else None)
                          for member in self.settings.members()]
         #: The admin endpoints and how they are used (one: just that one).
@@ -211,7 +213,7 @@ class AdminClient:
         else:
             self._tokens = tokens if tokens is not None else TokenSource(
                 token=self.settings.token, path=self.settings.token_path(),
-                check_interval=1.0)
+                check_interval=_TOKEN_FILE_CHECK_INTERVAL)
         self._request_tokens = RequestTokens() if attenuate_tokens else None
         self._short_lived = short_lived
         self._login_tokens: LoginTokens | None = None

@@ -212,7 +212,7 @@ class LoginTokens:
     """
 
     def __init__(self, mint: Mint, folder: TokenCacheFolder | None, *,
-                 need_folder: bool = False, stats: ClientStats | None = None) -> None:
+                 need_folder: bool = False, stats: ClientStats) -> None:
         self._mint = mint
         self._folder = folder
         self._memory: dict[str, str] = {}
@@ -223,7 +223,7 @@ class LoginTokens:
         self._fresh_refusals = 0
         self._disabled: str | None = None
         self._disabled_until = float("inf")
-        self.stats = stats if stats is not None else ClientStats()
+        self.stats = stats
         if need_folder and folder is None:
             self._disable("no token cache folder to keep them in")
         elif folder is not None:

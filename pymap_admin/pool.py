@@ -168,14 +168,14 @@ class EndpointPool:
                  health_interval: float = DEFAULT_HEALTH_INTERVAL,
                  probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
                  backoff: tuple[float, float] = DEFAULT_BACKOFF,
-                 stats: ClientStats | None = None) -> None:
+                 stats: ClientStats) -> None:
         if not endpoints:
             raise ValueError("a pool needs at least one endpoint")
         if health_interval <= 0 or probe_timeout <= 0:
             raise ValueError("health_interval and probe_timeout must be positive")
         self.endpoints = tuple(endpoints)
         #: Counted in the client's stats (failovers, ambiguous calls, ...).
-        self.stats = stats if stats is not None else ClientStats()
+        self.stats = stats
         self._health_interval = health_interval
         self._probe_timeout = probe_timeout
         self._backoff_first, self._backoff_max = backoff
