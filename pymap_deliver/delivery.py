@@ -184,12 +184,11 @@ class PymapBackend:
         if not self._options.check_recipients:
             return [None] * len(addresses)
         now = time.monotonic()
-        ttl = self._options.lookup_cache_ttl
         resolve = self._options.rules.resolve
         verdicts: list[Reply | None] = []
         for address in addresses:
-            cached = self._lookups.get(resolve(address).user)
-            if cached is None or now - cached[0] >= ttl:
+            cached = self._fresh_lookup(resolve(address).user, now)
+            if cached is None:
                 return None
             verdicts.append(cached[1])
         for verdict in verdicts:
@@ -197,11 +196,17 @@ class PymapBackend:
         self.stats.lookups_known += len(verdicts)
         return verdicts
 
-    async def _check_recipient(self, address: str) -> Reply | None:
-        user = self._options.rules.resolve(address).user
-        now = time.monotonic()
+    def _fresh_lookup(self, user: str, now: float) -> tuple[float, Reply | None] | None:
+        """The cached lookup of ``user``, if still within the cache's lifetime."""
         cached = self._lookups.get(user)
         if cached is not None and now - cached[0] < self._options.lookup_cache_ttl:
+            return cached
+        return None
+
+    async def _check_recipient(self, address: str) -> Reply | None:
+        user = self._options.rules.resolve(address).user
+        cached = self._fresh_lookup(user, time.monotonic())
+        if cached is not None:
             return cached[1]
         pending = self._pending_lookups.get(user)
         if pending is None:

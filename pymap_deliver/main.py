@@ -131,20 +131,20 @@ class Daemon:
         self.settings = load_settings(config.connection, config_file=config.admin_config)
         self.client = self._new_client(self.settings)
         try:
-            return await self._serve(config, self.client)
+            return await self._serve(config)
         finally:
             self._client.close()
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def _serve(self, config: DaemonConfig, client: AdminClient) -> int:
+    async def _serve(self, config: DaemonConfig) -> int:
         from .delivery import PymapBackend
         from .notify import notify
         from .server import DeliveryServer
 
         assert config.server.delivery is not None
-        self.backend = PymapBackend(client, config.server.delivery)
+        self.backend = PymapBackend(self._client, config.server.delivery)
         self.backend.stats = self.stats
         self.server = server = DeliveryServer(self.backend, config.server, stats=self.stats)
         if config["metrics"] is not None:
@@ -153,7 +153,7 @@ class Daemon:
                 in_flight=lambda: self.backend.in_flight if self.backend else 0,
                 token_reads=lambda: self._client.tokens.reads,
                 token_mints=lambda: self._client.tokens_minted,
-                serving=lambda: not server.stopping, pool=client.pool)
+                serving=lambda: not server.stopping, pool=self._client.pool)
             await self.metrics.start()
         try:
             await server.start(after_bind=self._after_bind)
@@ -254,9 +254,8 @@ class Daemon:
             use_systemd_sockets=old.server.use_systemd_sockets))
         assert new.server.delivery is not None
         self.backend.reconfigure(new.server.delivery)
-        assert self.client is not None
         try:
-            renewed = self.client.tokens.reload()
+            renewed = self._client.tokens.reload()
         except ConfigurationError as exc:
             log.error(event("reload: token not re-read, keeping the old one",
                       reason=str(exc)))

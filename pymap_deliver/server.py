@@ -191,22 +191,19 @@ class DeliveryServer:
     def __init__(self, backend: DeliveryBackend, config: ServerConfig, *,
                  stats: Stats | None = None) -> None:
         self.backend = backend
-        self.config = config
         #: What the server counts (sessions accepted and refused).
         self.stats = stats if stats is not None else Stats()
-        self._options = config.lmtp
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[tuple[str, tuple[int, int]]] = []
         self._sessions: set[LMTPSession] = set()
         self._stopping = False
         self._closed: asyncio.Event | None = None
-        self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
+        self.reconfigure(config)
 
     def reconfigure(self, config: ServerConfig) -> None:
         """New settings for sessions opened from now on (SIGHUP); open
         sessions keep theirs, listeners stay as they are."""
         self.config = config
-        self._options = config.lmtp
         self._refusal = Replies.TOO_MANY_CONNECTIONS.format(host=config.hostname).to_bytes()
 
     @property
@@ -232,7 +229,7 @@ class DeliveryServer:
         self.stats.sessions_opened += 1
         session = LMTPSession(
             self.backend,
-            self._options,
+            self.config.lmtp,
             loop=asyncio.get_running_loop(),
             on_closed=self._session_closed,
         )

@@ -163,15 +163,15 @@ def parse_mail(arg: str) -> Mail | Reply:
     if isinstance(parsed, Reply):
         return parsed
     sender, params = parsed
-    body = params.pop("BODY", "7BIT")
+    body = params.get("BODY", "7BIT")
     if body is None or body.upper() not in ("7BIT", "8BITMIME"):
         return Replies.BAD_BODY
     smtputf8 = "SMTPUTF8" in params
-    if params.pop("SMTPUTF8", None) is not None:
+    if params.get("SMTPUTF8") is not None:
         return Replies.SMTPUTF8_VALUE
     size: int | None = None
     if "SIZE" in params:
-        value = params.pop("SIZE")
+        value = params["SIZE"]
         if value is None or not value.isascii() or not value.isdigit():
             return Replies.SIZE_SYNTAX
         size = int(value)
