@@ -187,6 +187,7 @@ def test_global_options_are_the_connection_table() -> None:
     (["get-user"], 64), (["ping", "extra"], 64), (["--port", "x", "ping"], 64),
     (["set-user", "--no-password", "--password-file", "p", "u"], 64),
     (["token", "attenuate"], 64), (["token"], 64), (["check", "--bogus"], 64),
+    (["token", "attenuate", "--lifetime", "x"], 64),
     ([], 75), (["nonsense"], 75),
 ])
 def test_usage_errors_exit_64_in_one_line(argv: list[str], status: int) -> None:

@@ -27,7 +27,8 @@ def _usage_error(exc: UsageError, argv: Sequence[str], streams: Streams) -> int:
     command = exc.command or command_name(argv)
     helping = f"{PROG} {command} --help" if command else f"{PROG} --help"
     print(f"{PROG}: error: {exc.message} (see {helping})", file=streams.stderr)
-    if command in COMMANDS and command != "append" and "append" not in argv:
+    # "token attenuate" and the like are actions of a command: its first word.
+    if command and command.split()[0] in COMMANDS and "append" not in argv:
         return ExitStatus.USAGE
     if "append" in argv:
         # An MTA reads the first line of output: say "try again later" in
