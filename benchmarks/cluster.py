@@ -30,7 +30,6 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +38,15 @@ from devstack.cluster import PymapCluster
 from pymap_admin import AdminClient, ConnectionSettings
 from pymap_admin.settings import EndpointAddress
 
-from .harness import SMTP_SOURCE, Deliver, Sample, Series, proc_cpu, smtp_source
+from .harness import (
+    Deliver,
+    Sample,
+    Series,
+    proc_cpu,
+    smtp_source,
+    smtp_source_installed,
+    work_directory,
+)
 from .servers import run_appends
 
 USER = "bench"
@@ -185,16 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.rounds, args.kills = 4.0, 2, 2
-    if not os.path.exists(SMTP_SOURCE):
-        print("smtp-source (postfix) is not installed", file=sys.stderr)
+    if not smtp_source_installed():
         return 1
-    workdir = Path(tempfile.mkdtemp(prefix="pymap-cluster-bench-"))
-    cluster = PymapCluster(workdir=workdir / "cluster", size=2)
-    cluster.start()
-    try:
-        return run(args, cluster, workdir)
-    finally:
-        cluster.cleanup()
+    # The logs stay behind for reading; the login-token cache goes there too.
+    with work_directory("pymap-cluster-bench-", keep=True) as workdir:
+        cluster = PymapCluster(workdir=workdir / "cluster", size=2)
+        cluster.start()
+        try:
+            return run(args, cluster, workdir)
+        finally:
+            cluster.cleanup()
 
 
 def run(args: argparse.Namespace, cluster: PymapCluster, workdir: Path) -> int:

@@ -24,7 +24,7 @@ from pymap_deliver.protocol import LMTPOptions
 from pymap_deliver.server import DeliveryServer, ServerConfig, TcpEndpoint
 from tests.lmtp_client import LMTPClient, tcp_port
 
-from .harness import work_directory
+from .harness import set_users, work_directory
 
 
 async def _pipelined(client: LMTPClient, users: Sequence[str]) -> float:
@@ -59,10 +59,8 @@ async def run(count: int, workdir: Path) -> tuple[float, float]:
         tag = uuid.uuid4().hex[:8]
         batch = [f"b{i}-{tag}@example.com" for i in range(count)]
         serial = [f"s{i}-{tag}@example.com" for i in range(count)]
+        await set_users(pymap.socket_path, pymap.token_path, batch + serial)
         settings = ConnectionSettings(path=pymap.socket_path, token_file=pymap.token_path)
-        async with AdminClient(settings) as admin:
-            await asyncio.gather(*(admin.set_user(user, password="pw")
-                                   for user in batch + serial))
         async with AdminClient(settings) as admin:
             backend = PymapBackend(admin, DeliveryOptions(hostname="bench.example"))
             config = ServerConfig(tcp=[TcpEndpoint(port=0)],

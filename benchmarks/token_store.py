@@ -67,8 +67,7 @@ class Run:
     def start_deliver(self) -> None:
         self.deliver_starts += 1
         self.deliver = Deliver(self.pymap.socket_path, self.pymap.token_path,
-                               log=self.workdir / f"deliver-{self.deliver_starts}.log",
-                               )
+                               log=self.workdir / f"deliver-{self.deliver_starts}.log")
 
     def stop_deliver(self) -> None:
         assert self.deliver is not None
@@ -130,11 +129,8 @@ def run(backend: str, workdir: Path) -> None:
             state.stop_deliver()
         state.report("+ 5 pymap-deliver restarts, 100 after each")
         for _ in range(5):
-            state.pymap.restart()
-            state.minted_since_start = 0
-            if backend == "dict":
-                asyncio.run(set_users(state.pymap.socket_path, state.pymap.token_path,
-                                       state.users))
+            state.pymap.stop()
+            state.start_pymap()
             state.start_deliver()
             state.lmtp(2)
             state.stop_deliver()

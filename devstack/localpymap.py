@@ -109,6 +109,8 @@ class PymapServer:
 
     def start(self, timeout: float = 30.0) -> None:
         assert self.process is None, "already running"
+        # As contrib/systemd/pymap.service does before every start.
+        self.remove_stale_locks()
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         # A new token file is the sign that this process is up: drop the old one.
         with contextlib.suppress(FileNotFoundError):
@@ -158,10 +160,10 @@ class PymapServer:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
-        self.remove_stale_locks()
 
     def remove_stale_locks(self) -> None:
-        """Delete the lock files a killed maildir server left behind.
+        """Delete the lock files a killed maildir server left behind (no
+        server of ours runs on this folder before it starts).
 
         pymap 0.36.7's maildir backend locks with files it creates and
         deletes (``dovecot-uidlist.lock``, ``subscriptions.lock``,
