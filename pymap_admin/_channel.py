@@ -1,11 +1,12 @@
-"""A lean gRPC channel for unary calls: one HTTP/2 connection driven by h2.
+"""A lean gRPC channel for unary calls: one HTTP/2 connection per server.
 
 Profiled under pymap-deliver's load, a small grpclib call spent about as
 much CPU in grpclib's own layers (a stream object with deadline wrappers,
 metadata multidicts, dispatch events, several tasks' worth of awaits per
-call) as in h2. This channel keeps h2 for HTTP/2 itself (framing, HPACK,
-flow control, the stream state machine) and does the rest directly: one
-:class:`asyncio.Protocol` per connection, one future per call.
+call) as in h2, and h2 as much again. This channel does without both:
+HTTP/2 is :mod:`pymap_admin._http2` (framing, flow control, HPACK through
+the ``hpack`` library), and the rest is one :class:`asyncio.Protocol` per
+connection and one future per call.
 
 It stands in for grpclib's ``Channel`` under the generated stubs: it has
 ``request()``, which ``UnaryUnaryMethod.open`` and ``__call__`` use, for
@@ -28,8 +29,10 @@ On the wire, as gRPC over HTTP/2 requires:
 - RST_STREAM (CANCEL) for a call abandoned before its answer (deadline,
   cancellation);
 - GOAWAY: no new call on that connection (the next one opens a new
-  connection); calls above the server's last stream id fail, the others
-  are answered; a lost connection fails every call on it.
+  connection); calls above the server's last stream id fail with
+  :class:`UnprocessedStream` (so does a stream the server refused), which
+  the pool sends again; the others are answered; a lost connection fails
+  every call on it.
 """
 
 from __future__ import annotations
@@ -48,27 +51,20 @@ from typing import Any
 from grpclib.const import Status
 from grpclib.encoding.base import CodecBase, StatusDetailsCodecBase
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
-)
-from h2.exceptions import H2Error, TooManyStreamsError
-from h2.settings import SettingCodes
 from hpack import Encoder
 
-__all__ = ["H2Channel"]
+from ._http2 import (
+    CANCEL,
+    REFUSED_STREAM,
+    Http2Client,
+    Http2Error,
+    Stream,
+    TooManyStreams,
+    error_name,
+)
 
-#: Our receive windows (connection and stream), as grpclib's default.
-_WINDOW = 4 * 1024 * 1024
+__all__ = ["H2Channel", "UnprocessedStream"]
+
 #: What a poll reports when the server has hung up or the socket failed.
 _HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 #: Buffered writes above this many bytes go out at once rather than at the
@@ -83,13 +79,6 @@ _HTTP_STATUS = {
     b"429": Status.UNAVAILABLE, b"502": Status.UNAVAILABLE,
     b"503": Status.UNAVAILABLE, b"504": Status.UNAVAILABLE,
 }
-_H2_CONFIG = H2Configuration(
-    client_side=True, header_encoding=None,
-    # Our own headers are well-formed; the server's are checked where read.
-    validate_outbound_headers=False, normalize_outbound_headers=False,
-    validate_inbound_headers=False, normalize_inbound_headers=False,
-)
-
 
 class _IndexedBlocks(Encoder):
     """An HPACK encoder that remembers header blocks made only of table
@@ -152,16 +141,20 @@ def _timeout_header(timeout: float) -> bytes:
     return _whole_seconds(max(1, math.ceil(timeout)))
 
 
-class _Answer:
-    """What the server sent on one stream, and the future of its end."""
+class UnprocessedStream(StreamTerminatedError):
+    """The server says it did not act on the call: a stream above the last
+    one its GOAWAY names, or one it refused (REFUSED_STREAM). RFC 9113
+    (8.7) lets such a request be sent again, even though it was sent."""
 
-    __slots__ = ("data", "done", "headers", "trailers", "window")
+
+class _Answer(Stream):
+    """One call's stream: what the server sent, and the future of its end."""
+
+    __slots__ = ("done", "window")
 
     def __init__(self, done: asyncio.Future[None]) -> None:
+        super().__init__()
         self.done = done
-        self.headers: list[tuple[bytes, bytes]] | None = None
-        self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.data = bytearray()
         #: Set while the call waits for flow-control window to send more.
         self.window: asyncio.Future[None] | None = None
 
@@ -172,23 +165,25 @@ class _Answer:
                 # Marked retrieved: the call may have stopped waiting already.
                 future.exception()
 
+    def wake_sender(self) -> None:
+        if self.window is not None and not self.window.done():
+            self.window.set_result(None)
 
-class _Connection(asyncio.Protocol):
-    """One HTTP/2 connection: h2 fed from the socket, answers routed to calls."""
+
+class _Connection(Http2Client[_Answer], asyncio.Protocol):
+    """One HTTP/2 connection: the socket's bytes through
+    :class:`~pymap_admin._http2.Http2Client`, its streams' ends to calls."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(_IndexedBlocks())
         self.loop = loop
-        self.h2 = H2Connection(config=_H2_CONFIG)
-        self.h2.encoder = _IndexedBlocks()
         self.transport: asyncio.Transport | None = None
         #: Polled for a hang-up we have not read yet (None: no socket to poll).
         self._hangup_poller: select.poll | None = None
-        self.answers: dict[int, _Answer] = {}
         #: Lost, or told by GOAWAY to start nothing new.
         self.lost = False
         self.going_away = False
         self._flush_scheduled = False
-        self._buffered = 0
         self._writable: asyncio.Future[None] | None = None
         #: Calls waiting for a stream of ours to end (the server's limit).
         self._stream_waiters: list[asyncio.Future[None]] = []
@@ -211,65 +206,21 @@ class _Connection(asyncio.Protocol):
         if sock is not None and hasattr(select, "poll"):
             self._hangup_poller = select.poll()
             self._hangup_poller.register(sock.fileno(), _HANGUP)
-        h2 = self.h2
-        h2.initiate_connection()
-        h2.increment_flow_control_window(_WINDOW - h2.local_settings.initial_window_size)
-        h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW})
+        self.initiate()
         self.flush()
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.h2.receive_data(data)
-        except H2Error as exc:
-            self._fail_all(f"HTTP/2 protocol error: {exc}")
+            self.receive(data)
+        except Http2Error as exc:
+            # Its GOAWAY is queued: sent by close().
+            self.going_away = True
+            self._fail_all(str(exc))
             self.close()
             return
-        answers = self.answers
-        for event in events:
-            if isinstance(event, DataReceived):
-                answer = answers.get(event.stream_id)
-                if answer is not None:
-                    answer.data += event.data
-                # Held in memory until the call reads it: acknowledged at once.
-                self.h2.acknowledge_received_data(event.flow_controlled_length,
-                                                  event.stream_id)
-            elif isinstance(event, ResponseReceived):
-                answer = answers.get(event.stream_id)
-                if answer is not None:
-                    answer.headers = event.headers
-            elif isinstance(event, TrailersReceived):
-                answer = answers.get(event.stream_id)
-                if answer is not None:
-                    answer.trailers = event.headers
-            elif isinstance(event, StreamEnded):
-                answer = answers.pop(event.stream_id, None)
-                if answer is not None and not answer.done.done():
-                    answer.done.set_result(None)
-                if self._stream_waiters:
-                    self._wake_stream_waiters()
-            elif isinstance(event, StreamReset):
-                answer = answers.pop(event.stream_id, None)
-                if answer is not None:
-                    self._fail(answer, "Stream reset by remote party, error_code: "
-                               f"{event.error_code}")
-                if self._stream_waiters:
-                    self._wake_stream_waiters()
-            elif isinstance(event, ConnectionTerminated):
-                self.going_away = True
-                last = event.last_stream_id or 0
-                for stream_id in [s for s in answers if s > last]:
-                    self._fail(answers.pop(stream_id),
-                               "Received GOAWAY frame, closing connection; error_code: "
-                               f"{event.error_code}")
-                if not answers:
-                    self.close()
-            elif isinstance(event, WindowUpdated | RemoteSettingsChanged):
-                # A window grew or settings changed: a sender may go on.
-                for answer in answers.values():
-                    if answer.window is not None and not answer.window.done():
-                        answer.window.set_result(None)
-        # PING and SETTINGS acknowledgements, window updates.
-        self.flush()
+        if self.output:
+            # PING and SETTINGS acknowledgements, window updates.
+            self.flush()
 
     def pause_writing(self) -> None:
         self._writable = self.loop.create_future()
@@ -288,21 +239,46 @@ class _Connection(asyncio.Protocol):
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
 
+    # -- Http2Client's hooks --------------------------------------------------
+
+    def on_stream_ended(self, stream_id: int, stream: _Answer) -> None:
+        if not stream.done.done():
+            stream.done.set_result(None)
+        stream.wake_sender()
+        if self._stream_waiters:
+            self._wake_stream_waiters()
+
+    def on_stream_reset(self, stream_id: int, stream: _Answer, code: int) -> None:
+        error = UnprocessedStream if code == REFUSED_STREAM else StreamTerminatedError
+        stream.fail(error(f"Stream reset by remote party, error_code: {error_name(code)}"))
+        if self._stream_waiters:
+            self._wake_stream_waiters()
+
+    def on_window(self) -> None:
+        for stream in self.streams.values():
+            stream.wake_sender()
+
+    def on_goaway(self, code: int, unprocessed: list[_Answer]) -> None:
+        self.going_away = True
+        for stream in unprocessed:
+            stream.fail(UnprocessedStream(
+                f"Received GOAWAY frame, closing connection; error_code: {error_name(code)}"))
+        self._wake_stream_waiters()
+        if not self.streams:
+            self.close()
+
     # -- for the calls ----------------------------------------------------------------
 
-    def _fail(self, answer: _Answer, reason: str) -> None:
-        answer.fail(StreamTerminatedError(reason))
-
     def _fail_all(self, reason: str) -> None:
-        answers, self.answers = self.answers, {}
-        for answer in answers.values():
-            self._fail(answer, reason)
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.fail(StreamTerminatedError(reason))
 
     def write_soon(self) -> None:
-        """Send what h2 holds at the end of this loop turn (with whatever
+        """Send what is queued at the end of this loop turn (with whatever
         other calls add in it), or now when it is large."""
         self.writes += 1
-        if self._buffered >= _FLUSH_LIMIT:
+        if self.output_data >= _FLUSH_LIMIT:
             self.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
@@ -310,9 +286,10 @@ class _Connection(asyncio.Protocol):
 
     def flush(self) -> None:
         self._flush_scheduled = False
-        self._buffered = 0
-        data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
+        if not self.output:
+            return
+        data = self.take_output()
+        if self.transport is not None and not self.transport.is_closing():
             self.sends += 1
             self.transport.write(data)
 
@@ -337,15 +314,13 @@ class _Connection(asyncio.Protocol):
             await self._writable
 
     def reset(self, stream_id: int) -> None:
-        """Tell the server we gave up on a call (RST_STREAM, CANCEL)."""
-        self.answers.pop(stream_id, None)
+        """Tell the server we gave up on a call (RST_STREAM, CANCEL), unless
+        the stream is closed already."""
         if self.lost:
+            self.streams.pop(stream_id, None)
             return
-        try:
-            self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
-        except H2Error:
-            return  # already closed on the server's side
-        self.write_soon()
+        if self.reset_stream(stream_id, CANCEL):
+            self.write_soon()
         if self._stream_waiters:
             self._wake_stream_waiters()
 
@@ -420,60 +395,60 @@ class _Call:
         body = channel.codec.encode(message, self._request_type)
         frame = b"".join((b"\0", len(body).to_bytes(4, "big"), body))
         headers = channel.request_headers(self._path, remaining, self._metadata)
+        answer = _Answer(channel.loop.create_future())
         while True:
             if conn._writable is not None:
                 await conn.writable()
             if not conn.usable:
                 # Lost (or told to go away) while we waited: nothing was sent.
                 raise StreamTerminatedError("Connection lost")
-            h2 = conn.h2
-            stream_id = h2.get_next_available_stream_id()
             try:
-                h2.send_headers(stream_id, headers)
+                stream_id = conn.open_stream(answer, headers)
                 break
-            except TooManyStreamsError:
-                # The server's limit of concurrent streams (h2's default is
-                # 100; the daemon allows more calls in flight): wait for one
-                # of ours to end, as grpclib does.
+            except TooManyStreams:
+                # The server's limit of concurrent streams (pymap's is 100;
+                # the daemon allows more calls in flight): wait for one of
+                # ours to end, as grpclib does.
                 await conn.stream_ended(self._remaining())
-            except H2Error as exc:
-                raise ProtocolError(str(exc)) from exc
+            except Http2Error as exc:
+                # Stream ids used up: the next call opens a new connection.
+                conn.going_away = True
+                raise StreamTerminatedError(str(exc)) from exc
         self._conn = conn
-        answer = self._answer = _Answer(channel.loop.create_future())
-        conn.answers[stream_id] = answer
+        self._answer = answer
         self._stream_id = stream_id
         if self._deadline is not None:
             self._timer = channel.loop.call_at(self._deadline, self._expire)
-        try:
-            if len(frame) <= h2.local_flow_control_window(stream_id) and \
-                    len(frame) <= h2.max_outbound_frame_size:
-                h2.send_data(stream_id, frame, end_stream=True)
-                conn._buffered += len(frame)
-                conn.write_soon()
-            else:
-                await self._send_in_windows(conn, stream_id, memoryview(frame))
-        except H2Error as exc:
-            raise ProtocolError(str(exc)) from exc
+        if len(frame) <= conn.sendable(answer):
+            conn.send_data(stream_id, answer, frame, end=True)
+            conn.write_soon()
+        else:
+            await self._send_in_windows(conn, stream_id, memoryview(frame))
 
     async def _send_in_windows(self, conn: _Connection, stream_id: int,
                                view: memoryview) -> None:
-        h2 = conn.h2
         answer = self._answer
         assert answer is not None
         while True:
             if conn.lost:
                 raise StreamTerminatedError("Connection lost")
-            size = min(len(view), h2.local_flow_control_window(stream_id),
-                       h2.max_outbound_frame_size)
-            if size <= 0 and view:
+            if answer.done.done():
+                error = answer.done.exception()
+                if error is not None:
+                    raise error
+                # Answered before the whole request: the server needs no
+                # more of it, and our side of the stream is closed.
+                conn.reset(stream_id)
+                return
+            size = min(len(view), conn.sendable(answer))
+            if size <= 0:
                 answer.window = conn.loop.create_future()
                 conn.write_soon()
                 await answer.window
                 answer.window = None
                 continue
             last = size == len(view)
-            h2.send_data(stream_id, view[:size], end_stream=last)
-            conn._buffered += size
+            conn.send_data(stream_id, answer, view[:size], end=last)
             conn.write_soon()
             if last:
                 return
@@ -637,7 +612,7 @@ class H2Channel:
         if self._connection is not None and not self._connection.lost:
             # Going away: its calls finish on it; new ones go to a new one.
             old = self._connection
-            if not old.answers:
+            if not old.streams:
                 old.close()
         if self._path is not None:
             _, protocol = await loop.create_unix_connection(

@@ -314,9 +314,13 @@ class EndpointPool:
             raise error from exc
         except (OSError, TimeoutError, asyncio.IncompleteReadError, StreamTerminatedError,
                 _H2ProtocolError) as exc:
+            from ._channel import UnprocessedStream  # loaded already: it raised
+
             error = errors.map_os_error(exc, endpoint.target)
-            error.request_sent = whole_request_sent
-            raise _Failed(error, sent=whole_request_sent) from exc
+            # A stream the server says it never acted on is as good as unsent.
+            sent = whole_request_sent and not isinstance(exc, UnprocessedStream)
+            error.request_sent = sent
+            raise _Failed(error, sent=sent) from exc
         finally:
             endpoint.in_flight -= 1
 

@@ -86,7 +86,7 @@ async def test_header_blocks_of_indexes_are_reused_and_decode_right(tmp_path: Pa
         assert isinstance(channel, H2Channel) and channel.connection is not None
         # Round 1 makes the blocks, dave's token changes the table, round 2
         # makes them again, round 3 reuses them.
-        assert channel.connection.h2.encoder.reused == 3  # type: ignore[attr-defined]
+        assert channel.connection.encoder.reused == 3  # type: ignore[attr-defined]
     assert len(fake.calls) == 13
     for call in fake.calls:
         assert inspect_token(call.metadata["auth-token"]).authzid == call.request.user
