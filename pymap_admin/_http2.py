@@ -354,15 +354,15 @@ class Http2Client(Generic[S]):
             self._recv_unacked = 0
         if stream_id == 0:
             self._fail(PROTOCOL_ERROR, "DATA on stream 0")
+        if flags & PADDED:
+            stop = self._unpadded(data, start, stop)
+            start += 1
         stream = self._known(stream_id)
         if stream is None or stream.remote_ended:
             return
         if stream.headers is None:
             self._stream_error(stream_id, stream, PROTOCOL_ERROR)
             return
-        if flags & PADDED:
-            stop = self._unpadded(data, start, stop)
-            start += 1
         stream.data += data[start:stop]
         if flags & END_STREAM:
             self._remote_end(stream_id, stream)
