@@ -787,8 +787,7 @@ async def test_the_server_limit_of_concurrent_streams(tmp_path: Path) -> None:
 # --- streams and connections ended by the server -------------------------------------------
 
 
-@pytest.mark.parametrize("code", [ErrorCodes.REFUSED_STREAM, ErrorCodes.INTERNAL_ERROR,
-                                  ErrorCodes.CANCEL])
+@pytest.mark.parametrize("code", [ErrorCodes.INTERNAL_ERROR, ErrorCodes.CANCEL])
 @timed
 async def test_a_stream_reset_by_the_server(tmp_path: Path, code: ErrorCodes) -> None:
     """RST_STREAM on one of two concurrent calls: that call fails, the
@@ -808,6 +807,8 @@ async def test_a_stream_reset_by_the_server(tmp_path: Path, code: ErrorCodes) ->
                                                return_exceptions=True)
         assert isinstance(reset, errors.ConnectionReset), reset
         assert isinstance(reset.__cause__, StreamTerminatedError)
+        # Possibly carried out: not sent again.
+        assert reset.request_sent
         bob = next(r for r in peer.requests if r.user == "bob")
         assert isinstance(answered, AppendResult) and answered.uid == bob.stream_id
         peer.handler = answer
@@ -816,6 +817,26 @@ async def test_a_stream_reset_by_the_server(tmp_path: Path, code: ErrorCodes) ->
     assert len(peer.connections) == 1
     # The client answers a reset with nothing of its own.
     assert not peer.conn.of(StreamReset) and not peer.conn.of(ConnectionTerminated)
+
+
+@timed
+async def test_a_refused_stream_is_sent_again(tmp_path: Path) -> None:
+    """REFUSED_STREAM says the server did nothing with the request (RFC
+    9113, 8.7): the call is sent again at once and answered, on the same
+    connection."""
+    async def handler(conn: PeerConnection, request: Request) -> None:
+        if request.stream_id == 1:
+            conn.h2.reset_stream(request.stream_id, ErrorCodes.REFUSED_STREAM)
+            conn.open.discard(request.stream_id)
+            conn.flush()
+        else:
+            conn.respond(request)
+
+    async with Peer(tmp_path / "s.sock", handler) as peer, _client(tmp_path) as client:
+        assert (await client.append("alice", b"x")).uid == 3
+        assert client.stats.failovers == 1
+    assert [(r.stream_id, r.user) for r in peer.requests] == [(1, "alice"), (3, "alice")]
+    assert len(peer.connections) == 1
 
 
 @timed
@@ -832,12 +853,6 @@ async def test_a_reset_after_a_complete_answer_is_harmless(tmp_path: Path) -> No
     assert len(peer.connections) == 1 and not peer.conn.of(ConnectionTerminated)
 
 
-@pytest.mark.xfail(strict=True, reason="an answer complete before the request is (RFC 9113 "
-                   "8.1) is lost: the client goes on sending the rest, h2 refuses DATA on the "
-                   "stream the server reset (StreamClosedError, raised as grpclib's "
-                   "ProtocolError before END_STREAM went out, i.e. 'not sent'), the pool sends "
-                   "the whole request again, and the call ends in ConnectionReset (or waits for "
-                   "its deadline when no WINDOW_UPDATE wakes the sender)")
 @timed
 async def test_an_early_answer_to_a_request_still_being_sent(tmp_path: Path) -> None:
     """The server refuses a large request as soon as its headers arrive
@@ -901,33 +916,27 @@ async def _goaway_then_answer(conn: PeerConnection, request: Request) -> None:
         conn.respond(conn.requests[sid])
 
 
-@pytest.mark.parametrize("handler", [
-    _hold_until_three,
-    pytest.param(_goaway_then_answer, marks=pytest.mark.xfail(
-        strict=True, reason="h2 (client side) moves the connection to CLOSED on GOAWAY and "
-        "then refuses the HEADERS/DATA of streams at or below last_stream_id as a protocol "
-        "error: every call on the connection fails instead of the ones above the id")),
-], ids=["answers-then-goaway", "goaway-then-answers"])
+@pytest.mark.parametrize("handler", [_hold_until_three, _goaway_then_answer],
+                         ids=["answers-then-goaway", "goaway-then-answers"])
 @timed
-async def test_goaway_fails_only_the_calls_above_its_last_stream(
+async def test_goaway_sends_the_calls_above_its_last_stream_again(
         tmp_path: Path, handler: Handler) -> None:
     """GOAWAY with last_stream_id 3 while streams 1, 3 and 5 are open: 1 and
-    3 are answered, 5 fails (as a broken connection: StreamTerminatedError
-    mapped to ConnectionReset), and the next call opens a new connection."""
+    3 are answered on that connection; 5, which the server says it never
+    processed (RFC 9113, 6.8), is sent again on a new connection and
+    answered there, as is the next call."""
     async with Peer(tmp_path / "s.sock", handler) as peer, _client(tmp_path) as client:
         users = ["u1", "u2", "u3"]
-        results = await asyncio.gather(*(client.append(user, b"x") for user in users),
-                                       return_exceptions=True)
-        by_stream = {r.stream_id: users.index(r.user) for r in peer.requests}
-        assert getattr(results[by_stream[1]], "uid", None) == 1
-        assert getattr(results[by_stream[3]], "uid", None) == 3
-        failed = results[by_stream[5]]
-        assert isinstance(failed, errors.ConnectionReset), failed
-        assert isinstance(failed.__cause__, StreamTerminatedError)
-        assert (await client.append("u4", b"x")).uid == 1
-        assert client.stats.failovers == 0
+        results = await asyncio.gather(*(client.append(user, b"x") for user in users))
+        first = {r.stream_id: r.user for r in peer.requests[:3]}
+        assert sorted(first) == [1, 3, 5]
+        # The uid is the stream id the answer came on; 5's on the new connection is 1.
+        uid_of = {first[1]: 1, first[3]: 3, first[5]: 1}
+        assert [result.uid for result in results] == [uid_of[user] for user in users]
+        assert client.stats.failovers == 1
+        assert (await client.append("u4", b"x")).uid == 3
     assert len(peer.connections) == 2
-    assert [r.user for r in peer.requests[3:]] == ["u4"]
+    assert [(r.stream_id, r.user) for r in peer.requests[3:]] == [(1, first[5]), (3, "u4")]
 
 
 @pytest.mark.parametrize("when", ["before-answering", "after-headers", "mid-message"])

@@ -148,7 +148,7 @@ def test_malformed_responses_are_errors(data: bytes) -> None:
 def test_a_delivery_loads_no_protobuf(pymap: PymapServer, tmp_path: Path) -> None:
     """``pymap-admin append`` into a real pymap, twice (the first mints the
     user's login token, the second uses it): neither imports protobuf, the
-    generated code nor grpclib's client (``-X importtime`` lists every
+    generated code, grpclib's client nor h2 (``-X importtime`` lists every
     module imported)."""
     script = Path(sys.executable).parent / "pymap-admin"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -165,4 +165,6 @@ def test_a_delivery_loads_no_protobuf(pymap: PymapServer, tmp_path: Path) -> Non
         assert [m for m in imported if b"protobuf" in m or m.endswith(b"_pb2")] == []
         # Nor grpclib's client (its streams, events, multidict): the channel is H2Channel.
         assert b"grpclib.client" not in imported and b"multidict" not in imported
+        # Nor h2 or hyperframe: HTTP/2 is pymap_admin._http2.
+        assert [m for m in imported if m.split(b".")[0] in (b"h2", b"hyperframe")] == []
     assert len(list((tmp_path / "cache").rglob("*"))) >= 3  # pymap/login-tokens/<entry>
