@@ -170,6 +170,12 @@ class _Answer(Stream):
             self.window.set_result(None)
 
 
+def _untouched(stream: _Answer) -> bool:
+    """Nothing of an answer came on the stream: a server that says it did
+    not process it is believed (one that answered and then says so is not)."""
+    return stream.headers is None and not stream.data
+
+
 class _Connection(Http2Client[_Answer], asyncio.Protocol):
     """One HTTP/2 connection: the socket's bytes through
     :class:`~pymap_admin._http2.Http2Client`, its streams' ends to calls."""
@@ -216,6 +222,7 @@ class _Connection(Http2Client[_Answer], asyncio.Protocol):
             # Its GOAWAY is queued: sent by close().
             self.going_away = True
             self._fail_all(str(exc))
+            self._wake_stream_waiters()
             self.close()
             return
         if self.output:
@@ -245,26 +252,37 @@ class _Connection(Http2Client[_Answer], asyncio.Protocol):
         if not stream.done.done():
             stream.done.set_result(None)
         stream.wake_sender()
-        if self._stream_waiters:
-            self._wake_stream_waiters()
+        self._stream_closed()
 
     def on_stream_reset(self, stream_id: int, stream: _Answer, code: int) -> None:
-        error = UnprocessedStream if code == REFUSED_STREAM else StreamTerminatedError
+        error = StreamTerminatedError
+        if code == REFUSED_STREAM and _untouched(stream):
+            error = UnprocessedStream
         stream.fail(error(f"Stream reset by remote party, error_code: {error_name(code)}"))
-        if self._stream_waiters:
-            self._wake_stream_waiters()
+        self._stream_closed()
 
     def on_window(self) -> None:
         for stream in self.streams.values():
             stream.wake_sender()
+        # SETTINGS may have raised the server's limit of streams.
+        if self._stream_waiters:
+            self._wake_stream_waiters()
 
     def on_goaway(self, code: int, unprocessed: list[_Answer]) -> None:
         self.going_away = True
         for stream in unprocessed:
-            stream.fail(UnprocessedStream(
+            error = UnprocessedStream if _untouched(stream) else StreamTerminatedError
+            stream.fail(error(
                 f"Received GOAWAY frame, closing connection; error_code: {error_name(code)}"))
         self._wake_stream_waiters()
         if not self.streams:
+            self.close()
+
+    def _stream_closed(self) -> None:
+        if self._stream_waiters:
+            self._wake_stream_waiters()
+        if self.going_away and not self.streams:
+            # Its last call is over: nothing more will use it.
             self.close()
 
     # -- for the calls ----------------------------------------------------------------
@@ -340,6 +358,11 @@ class _Connection(Http2Client[_Answer], asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _text(value: bytes) -> str:
+    """A header value as text; a server's non-ASCII bytes shown, not raised."""
+    return value.decode("ascii", "backslashreplace")
 
 
 class _Call:
@@ -467,7 +490,7 @@ class _Call:
         status = headers.get(b":status")
         if status != b"200":
             raise GRPCError(_HTTP_STATUS.get(status or b"", Status.UNKNOWN),
-                            f"Received :status = {(status or b'').decode()!r}")
+                            f"Received :status = {_text(status or b'')!r}")
         content_type = headers.get(b"content-type")
         if content_type is None:
             raise GRPCError(Status.UNKNOWN, "Missing content-type header")
@@ -494,7 +517,7 @@ class _Call:
         try:
             status = Status(int(raw))
         except ValueError:
-            raise GRPCError(Status.UNKNOWN, f"Invalid grpc-status: {raw.decode()!r}") from None
+            raise GRPCError(Status.UNKNOWN, f"Invalid grpc-status: {_text(raw)!r}") from None
         if status is Status.OK:
             return
         # Imported for an error only: grpclib.metadata loads multidict, ~10 ms
@@ -502,12 +525,15 @@ class _Call:
         from grpclib.metadata import decode_bin_value, decode_grpc_message
 
         message = headers.get(b"grpc-message")
-        text = decode_grpc_message(message.decode("ascii")) if message is not None else None
+        text = decode_grpc_message(_text(message)) if message is not None else None
         details = None
         details_bin = headers.get(b"grpc-status-details-bin")
         codec = self._channel.status_details_codec
         if codec is not None and details_bin is not None:
-            details = codec.decode(status, text, decode_bin_value(details_bin))
+            # Details only add to the status: unreadable ones are left out
+            # rather than turning a clear error into a confusing one.
+            with contextlib.suppress(Exception):
+                details = codec.decode(status, text, decode_bin_value(details_bin))
         raise GRPCError(status, text, details)
 
 

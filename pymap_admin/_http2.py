@@ -190,7 +190,9 @@ class Http2Client(Generic[S]):
         self._frame(SETTINGS, 0, 0, b"".join(
             _SETTING.pack(code, value) for code, value in (
                 (ENABLE_PUSH, 0), (MAX_CONCURRENT_STREAMS, 0),
-                (INITIAL_WINDOW_SIZE, WINDOW))))
+                (INITIAL_WINDOW_SIZE, WINDOW),
+                # What our HPACK decoder enforces, said.
+                (MAX_HEADER_LIST_SIZE, self.decoder.max_header_list_size))))
         self._frame(WINDOW_UPDATE, 0, 0, _WORD.pack(WINDOW - _DEFAULT_WINDOW))
         self._recv_window = WINDOW
 
@@ -363,7 +365,7 @@ class Http2Client(Generic[S]):
         if stream.headers is None:
             self._stream_error(stream_id, stream, PROTOCOL_ERROR)
             return
-        stream.data += data[start:stop]
+        stream.data += memoryview(data)[start:stop]
         if flags & END_STREAM:
             self._remote_end(stream_id, stream)
             return
@@ -471,7 +473,10 @@ class Http2Client(Generic[S]):
         for offset in range(start, stop, 6):
             code, value = _SETTING.unpack_from(data, offset)
             if code == HEADER_TABLE_SIZE:
-                self.encoder.header_table_size = value
+                # Only a change: hpack forgets a pending size update when
+                # told the same size again.
+                if value != self.encoder.header_table_size:
+                    self.encoder.header_table_size = value
             elif code == MAX_CONCURRENT_STREAMS:
                 self.peer_max_streams = value
             elif code == INITIAL_WINDOW_SIZE:
@@ -519,4 +524,27 @@ class Http2Client(Generic[S]):
         last, code = _TWO_WORDS.unpack_from(data, start)
         last &= _MAX_STREAM_ID
         unprocessed = [stream_id for stream_id in self.streams if stream_id > last]
+        if unprocessed:
+            self._unqueue(set(unprocessed))
         self.on_goaway(code, [self.streams.pop(stream_id) for stream_id in unprocessed])
+
+    def _unqueue(self, stream_ids: set[int]) -> None:
+        """Take the frames of streams the server will not process out of
+        what is still to be sent: they may be sent again elsewhere, and the
+        server must not see them here as well. (Their header blocks are the
+        last encoded: no new stream follows a GOAWAY, so HPACK stays in step.)"""
+        kept: list[Any] = []
+        pieces = iter(self.output)
+        for head in pieces:
+            if head is PREFACE:
+                kept.append(head)
+                continue
+            payload = next(pieces)
+            word, _, stream_id = _HEAD.unpack(head)
+            if stream_id in stream_ids:
+                if word & 0xFF == DATA:
+                    self.output_data -= len(payload)
+                    self.send_window += len(payload)
+                continue
+            kept += (head, payload)
+        self.output[:] = kept

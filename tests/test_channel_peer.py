@@ -589,13 +589,18 @@ _GRPC = RESPONSE_HEADERS
       (b"grpc-status-details-bin", _status_details(9, "Incompatible version"))],
      errors.IncompatibleVersion, "client 0.12.1, server 0.13.0"),
     ([*_GRPC, (b"grpc-status", b"banana")], errors.UnexpectedStatus, "Invalid grpc-status"),
+    ([*_GRPC, (b"grpc-status", b"\xff")], errors.UnexpectedStatus, "Invalid grpc-status"),
+    ([*_GRPC, (b"grpc-status", b"13"), (b"grpc-message", b"caf\xe9"),
+      (b"grpc-status-details-bin", b"not*base64")],
+     errors.UnexpectedStatus, "INTERNAL: caf\\xe9"),
     ([(b":status", b"503")], errors.ConnectionReset, "UNAVAILABLE"),
     ([(b":status", b"404"), (b"content-type", b"text/html")], errors.Unimplemented, "404"),
     ([(b":status", b"500")], errors.UnexpectedStatus, "UNKNOWN"),
     ([(b":status", b"200"), (b"content-type", b"text/plain"), (b"grpc-status", b"0")],
      errors.UnexpectedStatus, "Invalid content-type"),
 ], ids=["unavailable", "deadline", "unimplemented", "invalid-argument", "incompatible",
-        "garbage-status", "http-503", "http-404", "http-500", "not-grpc"])
+        "garbage-status", "non-ascii-status", "non-ascii-message", "http-503", "http-404",
+        "http-500", "not-grpc"])
 @timed
 async def test_trailers_only_answers_map_to_our_errors(
         tmp_path: Path, headers: Headers, error: type[errors.AdminError], text: str) -> None:
@@ -840,6 +845,58 @@ async def test_a_refused_stream_is_sent_again(tmp_path: Path) -> None:
 
 
 @timed
+async def test_a_stream_refused_after_its_answer_began_is_not_sent_again(
+        tmp_path: Path) -> None:
+    """REFUSED_STREAM after the answer's headers contradicts itself: the
+    server did act on the request. The call fails as possibly carried out
+    (the MTA's retry decides), not sent again at once."""
+    async def handler(conn: PeerConnection, request: Request) -> None:
+        conn.h2.send_headers(request.stream_id, RESPONSE_HEADERS)
+        conn.h2.reset_stream(request.stream_id, ErrorCodes.REFUSED_STREAM)
+        conn.open.discard(request.stream_id)
+        conn.flush()
+
+    async with Peer(tmp_path / "s.sock", handler) as peer, _client(tmp_path) as client:
+        with pytest.raises(errors.ConnectionReset) as failed:
+            await client.append("alice", b"x")
+        assert failed.value.request_sent and client.stats.failovers == 0
+    assert len(peer.requests) == 1
+
+
+@timed
+async def test_calls_waiting_for_a_stream_go_when_the_limit_is_raised(tmp_path: Path) -> None:
+    """MAX_CONCURRENT_STREAMS 1 with a call held open: the next two calls
+    wait; new SETTINGS allowing 10 let them start at once (before the held
+    one ends)."""
+    held = asyncio.Event()
+
+    async def handler(conn: PeerConnection, request: Request) -> None:
+        if request.user == "held":
+            await held.wait()
+        conn.respond(request)
+
+    async with Peer(tmp_path / "s.sock", handler,
+                    settings=[(SettingCodes.MAX_CONCURRENT_STREAMS, 1)]) as peer, \
+            _client(tmp_path) as client:
+        await client.append("warm-up", b"x")
+        await peer.until(lambda: len(peer.conn.of(SettingsAcknowledged)) == 2)
+        first = asyncio.create_task(client.append("held", b"x"))
+        await peer.until(lambda: len(peer.requests) == 2)
+        others = asyncio.gather(client.append("a", b"x"), client.append("b", b"x"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(peer.requests) == 2  # waiting for a stream
+        peer.conn.h2.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 10})
+        peer.conn.flush()
+        await others
+        assert not first.done()
+        held.set()
+        await first
+    assert [r.user for r in peer.requests] == ["warm-up", "held", "a", "b"] or \
+        [r.user for r in peer.requests] == ["warm-up", "held", "b", "a"]
+
+
+@timed
 async def test_a_reset_after_a_complete_answer_is_harmless(tmp_path: Path) -> None:
     """RST_STREAM (NO_ERROR) right after the answer's trailers, as servers
     may send to say they need no more of the request: the call succeeds."""
@@ -934,9 +991,28 @@ async def test_goaway_sends_the_calls_above_its_last_stream_again(
         uid_of = {first[1]: 1, first[3]: 3, first[5]: 1}
         assert [result.uid for result in results] == [uid_of[user] for user in users]
         assert client.stats.failovers == 1
+        # The old connection's last call is over: the client closed it.
+        await peer.until(lambda: peer.connections[0].lost.is_set())
         assert (await client.append("u4", b"x")).uid == 3
     assert len(peer.connections) == 2
     assert [(r.stream_id, r.user) for r in peer.requests[3:]] == [(1, first[5]), (3, "u4")]
+
+
+@timed
+async def test_a_connection_going_away_is_closed_after_its_last_answer(
+        tmp_path: Path) -> None:
+    """GOAWAY naming the open call as processed, then its answer: the call
+    succeeds and the client closes the connection then (nothing more will
+    use it), without waiting for a next call or the server."""
+    async def handler(conn: PeerConnection, request: Request) -> None:
+        conn.send_raw(GoAwayFrame(0, last_stream_id=request.stream_id,
+                                  error_code=ErrorCodes.NO_ERROR))
+        conn.respond(request)
+
+    async with Peer(tmp_path / "s.sock", handler) as peer, _client(tmp_path) as client:
+        assert (await client.append("alice", b"x")).uid == 1
+        await peer.until(lambda: peer.connections[0].lost.is_set())
+        assert client.stats.failovers == 0
 
 
 @pytest.mark.parametrize("when", ["before-answering", "after-headers", "mid-message"])

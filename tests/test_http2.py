@@ -101,6 +101,8 @@ def test_the_client_opens_with_its_preface_settings_and_window() -> None:
     assert settings[:3] == (h.SETTINGS, 0, 0)
     values = dict(struct.iter_unpack(">HI", settings[3]))
     assert values[h.ENABLE_PUSH] == 0 and values[h.INITIAL_WINDOW_SIZE] == h.WINDOW
+    # The header list size our HPACK decoder enforces, said (as h2 did).
+    assert values[h.MAX_HEADER_LIST_SIZE] == client.decoder.max_header_list_size == 65_536
     assert window[:3] == (h.WINDOW_UPDATE, 0, 0)
     assert struct.unpack(">I", window[3])[0] == h.WINDOW - 65_535
 
@@ -291,3 +293,34 @@ def test_priority_and_unknown_frames_are_ignored() -> None:
     client.receive(frame(h.PRIORITY, 0, stream_id, b"\0\0\0\0\x10")
                    + frame(0xFA, 0xFF, 0, b"whatever") + answer(encoder, stream_id))
     assert client.ended == [stream_id] and not client.output
+
+
+def test_goaway_takes_unprocessed_streams_out_of_what_is_still_to_be_sent() -> None:
+    """Streams 3 and 5 opened in this loop turn, not yet written, when a
+    GOAWAY naming 1 as the last arrives: their frames are not sent here (the
+    calls will be sent again elsewhere), stream 1's reset still is."""
+    client, _ = connected()
+    first, _ = open_stream(client)
+    window = client.send_window
+    for _ in range(2):
+        stream = Stream()
+        client.send_data(client.open_stream(stream, REQUEST), stream, b"x" * 100, end=True)
+    client.reset_stream(first)
+    assert client.send_window == window - 200
+    client.receive(frame(h.GOAWAY, 0, 0, struct.pack(">II", first, 0)))
+    assert len(client.unprocessed) == 2
+    assert frames(client.take_output()) == [
+        (h.RST_STREAM, 0, first, struct.pack(">I", h.CANCEL))]
+    assert client.send_window == window and client.output_data == 0
+
+
+def test_the_same_header_table_size_twice_still_sends_its_update() -> None:
+    """hpack drops a pending table size update when told the same size
+    again; a second SETTINGS with the same value must not lose it."""
+    client, _ = connected()
+    table_zero = struct.pack(">HI", h.HEADER_TABLE_SIZE, 0)
+    client.receive(frame(h.SETTINGS, 0, 0, table_zero) + frame(h.SETTINGS, 0, 0, table_zero))
+    client.take_output()
+    client.open_stream(Stream(), REQUEST)
+    (_, _, _, block), = frames(client.take_output())
+    assert block[0] == 0x20  # "dynamic table size update" to 0, first in the block
