@@ -37,6 +37,7 @@ What it does, as the RFC asks of a client:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from hpack import Decoder, Encoder
@@ -176,6 +177,12 @@ class Http2Client(Generic[S]):
         self._continuing = 0
         self._block = bytearray()
         self._block_ends_stream = False
+        self._handlers: dict[int, Callable[[int, int, bytes, int, int], None]] = {
+            DATA: self._data, HEADERS: self._headers, WINDOW_UPDATE: self._window_update,
+            SETTINGS: self._settings, PING: self._ping, RST_STREAM: self._rst_stream,
+            GOAWAY: self._goaway, CONTINUATION: self._continuation,
+            PUSH_PROMISE: self._push_promise,
+        }
 
     # -- sending -------------------------------------------------------------
 
@@ -299,24 +306,9 @@ class Http2Client(Generic[S]):
             stream_id &= _MAX_STREAM_ID
             if self._continuing and kind != CONTINUATION:
                 self._fail(PROTOCOL_ERROR, "a header block left unfinished")
-            if kind == DATA:
-                self._data(stream_id, flags, data, start, stop)
-            elif kind == HEADERS:
-                self._headers(stream_id, flags, data, start, stop)
-            elif kind == WINDOW_UPDATE:
-                self._window_update(stream_id, data, start, stop)
-            elif kind == SETTINGS:
-                self._settings(stream_id, flags, data, start, stop)
-            elif kind == PING:
-                self._ping(stream_id, flags, data, start, stop)
-            elif kind == RST_STREAM:
-                self._rst_stream(stream_id, data, start, stop)
-            elif kind == GOAWAY:
-                self._goaway(stream_id, data, start, stop)
-            elif kind == CONTINUATION:
-                self._continuation(stream_id, flags, data, start, stop)
-            elif kind == PUSH_PROMISE:
-                self._fail(PROTOCOL_ERROR, "PUSH_PROMISE, which our SETTINGS forbid")
+            handler = self._handlers.get(kind)
+            if handler is not None:
+                handler(stream_id, flags, data, start, stop)
             # PRIORITY and unknown types: ignored, as the RFC says.
         self._pending = data[pos:] if pos < end else b""
 
@@ -434,7 +426,8 @@ class Http2Client(Generic[S]):
         self.reset_stream(stream_id, code)
         self.on_stream_reset(stream_id, stream, code)
 
-    def _window_update(self, stream_id: int, data: bytes, start: int, stop: int) -> None:
+    def _window_update(self, stream_id: int, flags: int, data: bytes, start: int,
+                       stop: int) -> None:
         if stop - start != 4:
             self._fail(FRAME_SIZE_ERROR, "WINDOW_UPDATE not of 4 bytes")
         increment = _WORD.unpack_from(data, start)[0] & _MAX_WINDOW
@@ -505,7 +498,12 @@ class Http2Client(Generic[S]):
         if not flags & ACK:
             self._frame(PING, ACK, 0, data[start:stop])
 
-    def _rst_stream(self, stream_id: int, data: bytes, start: int, stop: int) -> None:
+    def _push_promise(self, stream_id: int, flags: int, data: bytes, start: int,
+                      stop: int) -> None:
+        self._fail(PROTOCOL_ERROR, "PUSH_PROMISE, which our SETTINGS forbid")
+
+    def _rst_stream(self, stream_id: int, flags: int, data: bytes, start: int,
+                    stop: int) -> None:
         if stream_id == 0:
             self._fail(PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if stop - start != 4:
@@ -516,7 +514,8 @@ class Http2Client(Generic[S]):
         del self.streams[stream_id]
         self.on_stream_reset(stream_id, stream, _WORD.unpack_from(data, start)[0])
 
-    def _goaway(self, stream_id: int, data: bytes, start: int, stop: int) -> None:
+    def _goaway(self, stream_id: int, flags: int, data: bytes, start: int,
+                stop: int) -> None:
         if stream_id:
             self._fail(PROTOCOL_ERROR, "GOAWAY on a stream")
         if stop - start < 8:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import gc
 import re
@@ -762,6 +763,20 @@ async def test_an_answer_beyond_the_clients_receive_window(tmp_path: Path) -> No
     assert {0, 1} <= updated
 
 
+@contextlib.asynccontextmanager
+async def _stream_limit(tmp_path: Path, handler: Handler,
+                        streams: int) -> AsyncIterator[tuple[Peer, AdminClient]]:
+    """A peer allowing ``streams`` concurrent streams, and a client that has
+    made one call on it and had its SETTINGS (the preface's and the limit)
+    acknowledged: h2 enforces the limit on the peer's side from then on."""
+    async with Peer(tmp_path / "s.sock", handler,
+                    settings=[(SettingCodes.MAX_CONCURRENT_STREAMS, streams)]) as peer, \
+            _client(tmp_path) as client:
+        await client.append("warm-up", b"x")
+        await peer.until(lambda: len(peer.conn.of(SettingsAcknowledged)) == 2)
+        yield peer, client
+
+
 @timed
 async def test_the_server_limit_of_concurrent_streams(tmp_path: Path) -> None:
     """MAX_CONCURRENT_STREAMS 2 (the peer holds each answer until two calls
@@ -774,13 +789,7 @@ async def test_the_server_limit_of_concurrent_streams(tmp_path: Path) -> None:
             await conn.peer.until(lambda: len(conn.open) >= 2 or len(conn.peer.requests) == 6)
         conn.respond(request)
 
-    async with Peer(tmp_path / "s.sock", handler,
-                    settings=[(SettingCodes.MAX_CONCURRENT_STREAMS, 2)]) as peer, \
-            _client(tmp_path) as client:
-        await client.append("warm-up", b"x")
-        # Both SETTINGS frames (the preface's and the limit) acknowledged:
-        # h2 enforces the limit on our side from then on.
-        await peer.until(lambda: len(peer.conn.of(SettingsAcknowledged)) == 2)
+    async with _stream_limit(tmp_path, handler, 2) as (peer, client):
         hold = True
         users = [f"u{i}" for i in range(5)]
         results = await asyncio.gather(*(client.append(user, b"x") for user in users))
@@ -875,11 +884,7 @@ async def test_calls_waiting_for_a_stream_go_when_the_limit_is_raised(tmp_path: 
             await held.wait()
         conn.respond(request)
 
-    async with Peer(tmp_path / "s.sock", handler,
-                    settings=[(SettingCodes.MAX_CONCURRENT_STREAMS, 1)]) as peer, \
-            _client(tmp_path) as client:
-        await client.append("warm-up", b"x")
-        await peer.until(lambda: len(peer.conn.of(SettingsAcknowledged)) == 2)
+    async with _stream_limit(tmp_path, handler, 1) as (peer, client):
         first = asyncio.create_task(client.append("held", b"x"))
         await peer.until(lambda: len(peer.requests) == 2)
         others = asyncio.gather(client.append("a", b"x"), client.append("b", b"x"))
@@ -944,36 +949,31 @@ async def test_an_early_answer_to_a_request_still_being_sent(tmp_path: Path) -> 
         assert client.stats.failovers == 0 and len(conn.requests) == 2
 
 
-async def _hold_until_three(conn: PeerConnection, request: Request) -> None:
-    """Answer nothing on the first connection until three calls are open
-    on it (then the test's GOAWAY decides); answer at once on a later one."""
-    if conn is not conn.peer.connections[0]:
-        conn.respond(request)
-        return
-    await conn.peer.until(lambda: len(conn.requests) == 3)
-    if request.stream_id != 5:
-        return
-    # Streams 1 and 3 answered; GOAWAY says 5 was never processed.
-    for sid in (1, 3):
-        conn.respond(conn.requests[sid])
-    conn.send_raw(GoAwayFrame(0, last_stream_id=3, error_code=ErrorCodes.NO_ERROR))
+def _goaway_at_three(*, goaway_first: bool) -> Handler:
+    """Answer nothing on the first connection until three calls are open on
+    it; then answer streams 1 and 3 and send GOAWAY saying 5 was never
+    processed (first, as in a graceful shutdown, or after the answers).
+    Answer at once on a later connection."""
+    async def handler(conn: PeerConnection, request: Request) -> None:
+        if conn is not conn.peer.connections[0]:
+            conn.respond(request)
+            return
+        await conn.peer.until(lambda: len(conn.requests) == 3)
+        if request.stream_id != 5:
+            return
+        goaway = GoAwayFrame(0, last_stream_id=3, error_code=ErrorCodes.NO_ERROR)
+        if goaway_first:
+            conn.send_raw(goaway)
+        for sid in (1, 3):
+            conn.respond(conn.requests[sid])
+        if not goaway_first:
+            conn.send_raw(goaway)
+
+    return handler
 
 
-async def _goaway_then_answer(conn: PeerConnection, request: Request) -> None:
-    """As :func:`_hold_until_three`, but the GOAWAY (a graceful shutdown)
-    comes first and streams 1 and 3 are answered after it."""
-    if conn is not conn.peer.connections[0]:
-        conn.respond(request)
-        return
-    await conn.peer.until(lambda: len(conn.requests) == 3)
-    if request.stream_id != 5:
-        return
-    conn.send_raw(GoAwayFrame(0, last_stream_id=3, error_code=ErrorCodes.NO_ERROR))
-    for sid in (1, 3):
-        conn.respond(conn.requests[sid])
-
-
-@pytest.mark.parametrize("handler", [_hold_until_three, _goaway_then_answer],
+@pytest.mark.parametrize("handler", [_goaway_at_three(goaway_first=False),
+                                     _goaway_at_three(goaway_first=True)],
                          ids=["answers-then-goaway", "goaway-then-answers"])
 @timed
 async def test_goaway_sends_the_calls_above_its_last_stream_again(
