@@ -12,6 +12,8 @@ import struct
 
 import pytest
 from hpack import Decoder, Encoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pymap_admin import _http2 as h
 from pymap_admin._http2 import Http2Client, Http2Error, Stream, TooManyStreams
@@ -324,3 +326,39 @@ def test_the_same_header_table_size_twice_still_sends_its_update() -> None:
     client.open_stream(Stream(), REQUEST)
     (_, _, _, block), = frames(client.take_output())
     assert block[0] == 0x20  # "dynamic table size update" to 0, first in the block
+
+
+_frames_from_a_server = st.lists(st.tuples(
+    st.sampled_from([h.DATA, h.HEADERS, h.PRIORITY, h.RST_STREAM, h.SETTINGS, h.PUSH_PROMISE,
+                     h.PING, h.GOAWAY, h.WINDOW_UPDATE, h.CONTINUATION, 0x0A, 0xFA]),
+    st.integers(0, 255), st.sampled_from([0, 1, 2, 3, 5, 7, 2**31 - 1]),
+    st.one_of(st.binary(max_size=40), st.sampled_from([
+        b"", b"\0\0\0\0", b"\0\0\0\1", b"\x88", b"\x82\x84", b"\0" * 8,
+        struct.pack(">HI", h.INITIAL_WINDOW_SIZE, 0),
+        struct.pack(">HI", h.HEADER_TABLE_SIZE, 0)]))), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_frames_from_a_server, st.lists(st.integers(1, 60), max_size=6))
+def test_whatever_a_server_sends_is_read_or_refused_cleanly(
+        sent: list[tuple[int, int, int, bytes]], cuts: list[int]) -> None:
+    """Any sequence of frames, valid or not, cut anywhere: the client reads
+    it or stops with Http2Error and a GOAWAY, never another exception, and
+    its streams stay its own (odd ids it opened)."""
+    client, _ = connected()
+    for _ in range(3):
+        open_stream(client)
+    data = b"".join(frame(kind, flags, stream_id, payload)
+                    for kind, flags, stream_id, payload in sent)
+    pieces, start = [], 0
+    for cut in cuts:
+        pieces.append(data[start:start + cut])
+        start += cut
+    pieces.append(data[start:])
+    try:
+        for piece in pieces:
+            client.receive(piece)
+    except Http2Error:
+        assert frames(client.take_output())[-1][0] == h.GOAWAY
+    assert all(stream_id & 1 and stream_id < client.next_stream_id
+               for stream_id in client.streams)
