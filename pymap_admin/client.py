@@ -12,7 +12,7 @@ of :mod:`pymap_admin.errors`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -171,7 +171,9 @@ class AdminClient:
     pymap 0.36.7 makes wait 0.3 s per call (:mod:`pymap_admin.logintokens`).
     ``short_lived`` is for a process that makes one call and exits
     (``pymap-admin append``): it mints a login token only where the cache
-    folder can keep it for the next process.
+    folder can keep it for the next process. ``members`` are the settings'
+    members looked up already (the daemon resolves a name off its event
+    loop); by default, :meth:`ConnectionSettings.members`.
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class AdminClient:
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         login_tokens: bool | None = None,
         short_lived: bool = False,
+        members: Sequence[ConnectionSettings] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else ConnectionSettings()
         self._timeout = self.settings.timeout
@@ -198,7 +201,8 @@ class AdminClient:
                                   TokenSource(path=member.token_file,
                                               check_interval=_TOKEN_FILE_CHECK_INTERVAL)
                                   if own_tokens else None)
-                         for member in self.settings.members()]
+                         for member in (members if members is not None
+                                        else self.settings.members())]
         #: The admin endpoints and how they are used (one: just that one).
         #: What the client did: the pool's decisions and the fast path's.
         self.stats = ClientStats()

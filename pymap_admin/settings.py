@@ -158,8 +158,11 @@ class ConnectionSettings:
     def uses_tls(self) -> bool:
         return self.uses_tcp and self.tls is not False
 
-    def members(self) -> tuple[ConnectionSettings, ...]:
-        """One settings value per endpoint: this one, or one per ``endpoints``.
+    def members(self, *, strict: bool = False) -> tuple[ConnectionSettings, ...]:
+        """One settings value per endpoint: this one, or one per ``endpoints``
+        (with ``all_addresses``, one per address of the name: ``strict``
+        raises :class:`OSError` when the name does not resolve now, instead
+        of leaving it to the channel).
 
         With several socket endpoints and no token given, each member uses
         the admin token pymap writes beside its socket: a member's admin
@@ -178,10 +181,11 @@ class ConnectionSettings:
                         self.token_file)
                 for e in self.endpoints)
         if self.all_addresses:
-            members = tuple(address for member in members for address in member._addresses())
+            members = tuple(address for member in members
+                            for address in member._addresses(strict=strict))
         return members
 
-    def _addresses(self) -> tuple[ConnectionSettings, ...]:
+    def _addresses(self, *, strict: bool) -> tuple[ConnectionSettings, ...]:
         """This TCP endpoint once per address its host name resolves to, TLS
         checking the name; as it is if it is an address, a socket, or does
         not resolve now (then the channel resolves it when connecting)."""
@@ -201,6 +205,8 @@ class ConnectionSettings:
             found = socket.getaddrinfo(host, self.port or DEFAULT_PORT,
                                        type=socket.SOCK_STREAM)
         except OSError:
+            if strict:
+                raise
             return (self,)
         addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
         return tuple(replace(self, host=address, server_name=host, all_addresses=False)

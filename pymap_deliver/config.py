@@ -168,6 +168,10 @@ _OWN: tuple[Option, ...] = (
     Option("admin_config", path, "pymap-admin.conf to read connection settings the "
            "[pymap] section does not give (default: as pymap-admin finds it)",
            flag="--admin-config", metavar="PATH", section=PYMAP),
+    Option("resolve_interval", at_least(0), "seconds between lookups of the name whose "
+           "addresses all_addresses makes the members (default: 60; 0: at start-up and on "
+           "SIGHUP only)", flag="--resolve-interval", metavar="SECONDS", default=60,
+           section=PYMAP),
     *(option._replace(section=PYMAP) for option in CONNECTION_OPTIONS
       if option.flag and option.name != "config"),
     Option("user", user_name, "after binding the listeners, run as this user",
@@ -190,6 +194,8 @@ _OWN: tuple[Option, ...] = (
 )
 
 OPTIONS: tuple[Option, ...] = _OWN
+#: Keys of [pymap] that are the daemon's, not connection settings.
+_OWN_PYMAP = frozenset({"admin_config", "resolve_interval"})
 _BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 SECTIONS: tuple[str, ...] = (LISTEN, LMTP, RECIPIENTS, PYMAP, DAEMON)
 
@@ -364,7 +370,7 @@ def build(ns: argparse.Namespace, file: Path | None) -> DaemonConfig:
         shutdown_timeout=values["shutdown_timeout"],
     )
     connection: dict[str, object | None] = {
-        o.name: values[o.name] for o in OPTIONS if o.section == PYMAP and o.name != "admin_config"}
+        o.name: values[o.name] for o in OPTIONS if o.section == PYMAP and o.name not in _OWN_PYMAP}
     return DaemonConfig(values=values, given=frozenset(given), config_file=file, server=server,
                         connection=connection)
 

@@ -9,6 +9,10 @@ SIGHUP re-reads the config file and the token and reopens the log file
 calls under way finish on the old one; an invalid new configuration is
 logged and the old one kept), SIGUSR1 logs a status line.
 
+With ``all_addresses``, the members are the addresses of one name, looked
+up again on SIGHUP and every ``resolve_interval`` seconds: new addresses
+get a new client in the same way; a failed lookup keeps the members.
+
 Every exit status comes from :class:`pymap_admin.outcomes.ExitStatus`.
 """
 
@@ -46,6 +50,8 @@ log = logging.getLogger("pymap_deliver")
 
 #: Options that a SIGHUP cannot change: they need the sockets or the
 #: privileges the daemon gave up at start-up.
+#: Seconds between looks at a resolve_interval of 0 (a SIGHUP may set one).
+_RESOLVE_RECHECK = 60.0
 RESTART_ONLY = frozenset({"listen", "unix", "unix_mode", "unix_owner", "unix_group",
                           "systemd", "user", "group", "allow_root", "metrics"})
 
@@ -70,8 +76,10 @@ class Daemon:
         self.settings: ConnectionSettings | None = None
         self.stats = Stats()
         self.metrics: MetricsServer | None = None
-        #: Probes and the closing of clients a SIGHUP replaced.
+        #: Probes, the closing of replaced clients, the name's lookups.
         self._background: set[asyncio.Task[object]] = set()
+        #: The all_addresses name did not resolve at the last lookup.
+        self._unresolved = False
 
     # --- start-up -----------------------------------------------------------
 
@@ -113,10 +121,11 @@ class Daemon:
         return serving
 
     @staticmethod
-    def _new_client(settings: ConnectionSettings) -> AdminClient:
+    def _new_client(settings: ConnectionSettings,
+                    members: Sequence[ConnectionSettings] | None = None) -> AdminClient:
         from pymap_admin.client import AdminClient
 
-        client = AdminClient(settings)
+        client = AdminClient(settings, members=members)
         if not client.tokens.configured:
             client.close()
             raise ConfigurationError(
@@ -170,6 +179,7 @@ class Daemon:
             raise
         self._install_signal_handlers()
         await self.probe()
+        self._in_background(self._follow_addresses())
         notify("READY=1", f"STATUS=serving, pymap "
                f"{'reachable' if self.stats.pymap_reachable else 'unreachable'}",
                f"MAINPID={os.getpid()}")
@@ -264,6 +274,8 @@ class Daemon:
             **new.values, **{name: old[name] for name in ignored}})
         if replaced:
             self._in_background(self.probe())
+        else:
+            self._in_background(self.refresh_addresses())
         log.info(event("reloaded",
             config_file=new.config_file, changed=",".join(changed) or "none",
             token="renewed" if renewed else "unchanged"))
@@ -272,6 +284,47 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    # --- a name's addresses as members --------------------------------------------
+
+    async def _follow_addresses(self) -> None:
+        """With ``all_addresses``, look the name up again every
+        ``resolve_interval`` seconds, as postfix resolves its next hop for
+        each delivery: a member added to (or moved in) DNS is used, one
+        removed is no longer tried."""
+        while True:
+            interval = self.config["resolve_interval"]
+            # 0 may become a number on SIGHUP: look at it again then.
+            await asyncio.sleep(interval or _RESOLVE_RECHECK)
+            if interval:
+                await self.refresh_addresses()
+
+    async def refresh_addresses(self) -> None:
+        """Members again from the name's addresses now; a new client if they
+        changed. A name that does not resolve keeps the members it had."""
+        settings = self.settings
+        if settings is None or not settings.all_addresses:
+            return
+        try:
+            members = await asyncio.to_thread(settings.members, strict=True)
+        except OSError as exc:
+            if not self._unresolved:
+                log.warning(event("pymap name not resolved: keeping its last addresses",
+                                  host=settings.host, error=str(exc)))
+            self._unresolved = True
+            return
+        if self._unresolved:
+            log.info(event("pymap name resolved again", host=settings.host))
+            self._unresolved = False
+        if settings is not self.settings:
+            return  # a SIGHUP replaced the settings meanwhile
+        before = [endpoint.target for endpoint in self._client.pool.endpoints]
+        after = [member.target for member in members]
+        if after != before:
+            log.info(event("pymap addresses changed", host=settings.host,
+                           before=" ".join(before), after=" ".join(after)))
+            self._replace_client(self._new_client(settings, members), settings)
+            self._in_background(self.probe())
 
     def _replace_client(self, client: AdminClient, settings: ConnectionSettings) -> None:
         """New connection settings: calls from now on use ``client``; the old
@@ -285,7 +338,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.collector.pool = client.pool
         self._in_background(self._retire(retired, grace))
-        log.info(event("reload: pymap connection replaced", pymap=settings.target,
+        log.info(event("pymap connection replaced", pymap=settings.target,
                        old_client_closes_in=f"{grace:.0f}s"))
 
     @staticmethod

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.localpymap import DEMO_USER, PymapServer, free_port
+from devstack.localpymap import DEMO_USER, PymapServer, TLSFiles, free_port
 from pymap_deliver.logfmt import parse
 
 from .lmtp_client import LMTPClient, dot_stuff
@@ -57,9 +57,10 @@ class Daemon:
 
 
 @asynccontextmanager
-async def daemon(pymap: PymapServer | None, tmp_path: Path, *argv: str) -> AsyncIterator[Daemon]:
+async def daemon(pymap: PymapServer | None, tmp_path: Path, *argv: str,
+                 env: dict[str, str] | None = None) -> AsyncIterator[Daemon]:
     """pymap-deliver on a free port, connected to ``pymap`` (None: as its
-    config file says)."""
+    config file says), with ``env`` added to its environment."""
     port = free_port()
     if pymap is not None:
         argv = ("--path", str(pymap.socket_path), "--token-file", str(pymap.token_path), *argv)
@@ -69,7 +70,7 @@ async def daemon(pymap: PymapServer | None, tmp_path: Path, *argv: str) -> Async
         process = await asyncio.create_subprocess_exec(
             DELIVER, "--listen", f"127.0.0.1:{port}", "--allow-root", *argv,
             stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-            env={**os.environ, "NOTIFY_SOCKET": str(notifications.path)})
+            env={**os.environ, **(env or {}), "NOTIFY_SOCKET": str(notifications.path)})
     try:
         await asyncio.to_thread(notifications.wait_for, "READY=1")
         yield Daemon(process, log, port, notifications)
@@ -109,7 +110,7 @@ async def test_hup_applies_a_changed_config_without_dropping_a_session_in_data(
         text = await agent.wait_for_line(
             r"msg=reloaded .*changed=hostname,max_recipients,timeout")
         # A new pymap connection setting: a new client for calls from now on.
-        assert 'msg="reload: pymap connection replaced"' in text, text
+        assert 'msg="pymap connection replaced"' in text, text
         assert "not applied" not in text, text
         new = await agent.client()
         assert new.greeting is not None and "after.test" in new.greeting.text
@@ -157,7 +158,7 @@ async def test_hup_with_another_pymap_delivers_there_from_then_on(
         connect_to(fresh_pymap)
         agent.process.send_signal(signal.SIGHUP)
         text = await agent.wait_for_line(r"msg=reloaded .*changed=path,token_file")
-        assert re.search(r'msg="reload: pymap connection replaced" pymap=\S*'
+        assert re.search(r'msg="pymap connection replaced" pymap=\S*'
                          + re.escape(str(fresh_pymap.socket_path)), text), text
         await deliver(agent, after)
         # The new pymap was probed and said so, as at start-up.
@@ -168,6 +169,97 @@ async def test_hup_with_another_pymap_delivers_there_from_then_on(
 
     assert await asyncio.to_thread(tags, pymap) == {before}
     assert await asyncio.to_thread(tags, fresh_pymap) == {after}
+
+
+#: A stand-in for DNS in the daemon's process (loaded by site from
+#: PYTHONPATH): the addresses of pymap.test are the words of a file the test
+#: rewrites; none is a failed lookup.
+_RESOLVER = """
+import os
+import socket
+
+_resolve = socket.getaddrinfo
+
+
+def getaddrinfo(host, *args, **kwargs):
+    if host != "pymap.test":
+        return _resolve(host, *args, **kwargs)
+    with open(os.environ["TEST_PYMAP_ADDRESSES"]) as addresses:
+        found = addresses.read().split()
+    if not found:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return [info for address in found for info in _resolve(address, *args, **kwargs)]
+
+
+socket.getaddrinfo = getaddrinfo
+"""
+
+
+async def test_a_names_addresses_are_looked_up_again_and_followed(tmp_path: Path) -> None:
+    """``all_addresses`` with a name that moves from one pymap (127.0.0.1)
+    to another (127.0.0.2, same port; TLS checks the name on both): after
+    the next lookup, mail goes to the new one; a lookup that fails keeps the
+    members. Both pymaps, the daemon and IMAP are real; the name's addresses
+    come from a stand-in resolver in the daemon's process."""
+    import trustme
+
+    from devstack.localpymap import cleanup
+
+    from .conftest import require_pymap
+
+    require_pymap()
+    ca = trustme.CA()
+    issued = ca.issue_cert("pymap.test")
+    files = TLSFiles(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem", ca=tmp_path / "ca.pem")
+    issued.private_key_pem.write_to_path(str(files.key))
+    issued.cert_chain_pems[0].write_to_path(str(files.cert))
+    ca.cert_pem.write_to_path(str(files.ca))
+    port = free_port()
+    first, second = (PymapServer(workdir=tmp_path / f"pymap{n}", tls=files,
+                                 admin_host=f"127.0.0.{n}", admin_port=port) for n in (1, 2))
+    resolver = tmp_path / "resolver"
+    resolver.mkdir()
+    (resolver / "sitecustomize.py").write_text(_RESOLVER)
+    addresses = tmp_path / "addresses"
+    addresses.write_text("127.0.0.1\n")
+    token = tmp_path / "admin.token"
+    conf = tmp_path / "pymap-deliver.conf"
+    conf.write_text(f"[pymap]\nhost = pymap.test\nport = {port}\nall_addresses = yes\n"
+                    f"cafile = {files.ca}\ntoken_file = {token}\ntoken_cache = none\n"
+                    "timeout = 10\nresolve_interval = 1\n")
+    env = {"PYTHONPATH": str(resolver), "TEST_PYMAP_ADDRESSES": str(addresses)}
+    tags = [uuid.uuid4().hex for _ in range(3)]
+    try:
+        first.start()
+        second.start()
+        token.write_text(first.token())
+        async with daemon(None, tmp_path, "--config", str(conf), env=env) as agent:
+            await deliver(agent, tags[0])
+            # The name moves (and the admin token with it).
+            token.write_text(second.token())
+            addresses.write_text("127.0.0.2\n")
+            text = await agent.wait_for_line(r'msg="pymap addresses changed"')
+            assert re.search(rf"before=\S*127\.0\.0\.1:{port}.*after=\S*127\.0\.0\.2:{port}",
+                             text), text
+            await deliver(agent, tags[1])
+            # DNS fails: the members stay, said once.
+            addresses.write_text("")
+            await agent.wait_for_line(r'msg="pymap name not resolved: keeping its last')
+            await deliver(agent, tags[2])
+            addresses.write_text("127.0.0.2\n")
+            text = await agent.wait_for_line(r'msg="pymap name resolved again"')
+            assert text.count("pymap name not resolved") == 1
+            assert text.count("pymap addresses changed") == 1
+
+        def stored(server: PymapServer) -> list[str]:
+            mail = server.fetch_all()
+            return [tag for tag in tags if any(tag.encode() in m for m in mail)]
+
+        assert await asyncio.to_thread(stored, first) == tags[:1]
+        assert await asyncio.to_thread(stored, second) == tags[1:]
+    finally:
+        cleanup(first)
+        cleanup(second)
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
