@@ -11,14 +11,14 @@ PYMAP_SPEC := pymap[admin,macaroon,sieve,redis,swim]==0.36.7
 SHARED_VENV := .venv-shared
 SHARED_SPEC := $(PYMAP_SPEC)
 # What the shared environment runs: everything but what is not about the
-# environment (the packaging tests build their own; postfix's are slow and
-# run in .venv).
-SHARED_PYTEST_ARGS ?= -m 'not packaging and not postfix'
+# environment (the packaging tests build their own; postfix's and sendmail's
+# are slow and run in .venv; their mailers run from an install of their own).
+SHARED_PYTEST_ARGS ?= -m 'not packaging and not postfix and not sendmail'
 # protoc 24: generated code that runs on protobuf 4.25 (pymap's pin) to 7.x.
 PROTOC_VENV := .venv-protoc
 PROTOC_SPEC := grpcio-tools==1.59.5
 
-.PHONY: run run-cluster test venv pymap-venv protoc-venv shared-venv lint typecheck check-generated generate pytest test-shared dist bench clean
+.PHONY: sendmail-root run run-cluster test venv pymap-venv protoc-venv shared-venv lint typecheck check-generated generate pytest test-shared dist bench clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -67,6 +67,11 @@ lint: venv
 pytest: venv pymap-venv
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
+# Debian's sendmail and m4 unpacked (not installed: sendmail conflicts with
+# postfix) into .cache/sendmail-root, for tests/test_sendmail_e2e.py.
+sendmail-root:
+	tools/fetch_sendmail.sh
+
 # The suite again, in one environment with pymap (its server from there too).
 test-shared: shared-venv
 	PYMAP_SERVER_VENV=$(CURDIR)/$(SHARED_VENV) $(SHARED_VENV)/bin/pytest -ra $(SHARED_PYTEST_ARGS)
@@ -90,4 +95,4 @@ bench: venv pymap-venv
 	$(VENV)/bin/python -m benchmarks.cluster
 
 clean:
-	rm -rf $(VENV) $(PYMAP_VENV) $(PROTOC_VENV) $(SHARED_VENV) dist .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(PYMAP_VENV) $(PROTOC_VENV) $(SHARED_VENV) dist .mypy_cache .ruff_cache .pytest_cache .cache

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 
 from devstack.cluster import PymapCluster
 from devstack.localpymap import (
+    REPO,
     PymapServer,
     TLSFiles,
     cleanup,
@@ -112,6 +116,29 @@ def tcp_settings(server: PymapServer, files: TLSFiles, **overrides: object
 async def create_user(server: PymapServer, user: str, password: str = "pw") -> None:
     async with AdminClient(socket_settings(server)) as client:
         await client.set_user(user, password=password)
+
+
+@pytest.fixture(scope="session")
+def unprivileged_install() -> Iterator[Path]:
+    """pymap-deliver installed where an unprivileged user can run it (the
+    MTA tests' mailer user, "nobody").
+
+    The project's own .venv may sit on an interpreter under /root, which that
+    user cannot execute: install a copy on the system's python3 in a
+    world-readable folder, as an operator would under /opt.
+    """
+    system_python = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+    require(system_python is not None, "no system python3 for an unprivileged user")
+    assert system_python is not None
+    root = Path(tempfile.mkdtemp(prefix="pymap-pipe-venv-"))
+    root.chmod(0o755)
+    try:
+        subprocess.run([system_python, "-m", "venv", str(root)], check=True, timeout=300)
+        subprocess.run([str(root / "bin" / "pip"), "install", "--quiet", str(REPO)],
+                       check=True, timeout=600)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def require_cluster() -> None:

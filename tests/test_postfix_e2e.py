@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.localpymap import DEMO_USER, REPO, PymapServer, TLSFiles, free_port
+from devstack.localpymap import DEMO_USER, PymapServer, TLSFiles, free_port
 from pymap_admin import AdminClient
 
 from ._require import require, require_tool
@@ -134,26 +134,12 @@ PIPE_USER = "nobody"
 
 
 @pytest.fixture(scope="session")
-def pipe_install() -> Iterator[Path]:
-    """pymap-deliver installed where an unprivileged user can run it.
-
-    The project's own .venv may sit on an interpreter under /root, which the
-    pipe user cannot execute: install a copy on the system's python3 in a
-    world-readable folder, as an operator would under /opt.
-    """
+def pipe_install(request: pytest.FixtureRequest) -> Path:
+    """pymap-deliver installed where the pipe user can run it (conftest's
+    unprivileged_install), once postfix is known to be here."""
     require_postfix()
-    system_python = shutil.which("python3", path="/usr/bin:/usr/local/bin")
-    require(system_python is not None, "no system python3 for the pipe user")
-    assert system_python is not None
-    root = Path(tempfile.mkdtemp(prefix="pymap-pipe-venv-"))
-    root.chmod(0o755)
-    try:
-        subprocess.run([system_python, "-m", "venv", str(root)], check=True, timeout=300)
-        subprocess.run([str(root / "bin" / "pip"), "install", "--quiet", str(REPO)],
-                       check=True, timeout=600)
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    install: Path = request.getfixturevalue("unprivileged_install")
+    return install
 
 
 @dataclass
