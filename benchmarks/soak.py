@@ -275,7 +275,8 @@ async def run_load(port: int, clients: int, seconds: float, server: PymapServer,
             restarts += 1
             next_restart += restart_every
             print(f"  {now - started:6.0f}s pymap restarted ({restarts}); "
-                  f"{sum(tally.accepted.values())} recipients accepted so far", flush=True)
+                  f"{sum(tally.accepted.values())} recipients accepted so far; "
+                  f"pymap-deliver RSS {rss[-1][1] / 1024:.1f} MiB", flush=True)
         await asyncio.sleep(1)
     return restarts
 
