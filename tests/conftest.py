@@ -71,13 +71,13 @@ def maildir_pymap(tmp_path: Path) -> Iterator[PymapServer]:
     yield from _serve(make_maildir_server(tmp_path / "pymap"))
 
 
-@pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+def certificate_for(folder: Path, *names: str) -> TLSFiles:
+    """A server certificate for ``names`` (with its chain) and the CA that
+    issued it, written into ``folder``."""
     import trustme
 
-    folder = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
-    server_cert = ca.issue_cert("localhost", "127.0.0.1")
+    server_cert = ca.issue_cert(*names)
     files = TLSFiles(cert=folder / "server.pem", key=folder / "server.key", ca=folder / "ca.pem")
     server_cert.private_key_pem.write_to_path(str(files.key))
     server_cert.cert_chain_pems[0].write_to_path(str(files.cert))
@@ -85,9 +85,26 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
         for pem in server_cert.cert_chain_pems[1:]:
             chain.write(pem.bytes())
     ca.cert_pem.write_to_path(str(files.ca))
-    client = ca.issue_cert("client@example.com")
-    client.private_key_and_cert_chain_pem.write_to_path(str(folder / "client.pem"))
+    if names == ("localhost", "127.0.0.1"):
+        client = ca.issue_cert("client@example.com")
+        client.private_key_and_cert_chain_pem.write_to_path(str(folder / "client.pem"))
     return files
+
+
+def write_admin_config(path: Path, *, port: int, cafile: Path, token_file: Path,
+                       owner: str) -> None:
+    """A pymap-admin.conf for an MTA's mailer account (``owner``), reaching
+    the admin port of a local pymap over TLS; 0600, as its token's is."""
+    path.write_text("[pymap-admin]\n"
+                    f"host = 127.0.0.1\nport = {port}\ncafile = {cafile}\n"
+                    f"token_file = {token_file}\ntimeout = 10\n")
+    shutil.chown(path, owner)
+    path.chmod(0o600)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return certificate_for(tmp_path_factory.mktemp("tls"), "localhost", "127.0.0.1")
 
 
 @pytest.fixture(scope="session")

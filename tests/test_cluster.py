@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from devstack.cluster import PymapCluster
-from devstack.localpymap import PymapServer, TLSFiles, free_port
+from devstack.localpymap import PymapServer, free_port
 from pymap_admin import (
     AdminClient,
     AdminError,
@@ -391,17 +391,10 @@ async def test_one_name_with_two_addresses_is_two_members(
     from a stand-in resolver, the only part that is not real."""
     import socket
 
-    import trustme
-
-    from .conftest import require_cluster
+    from .conftest import certificate_for, require_cluster
 
     require_cluster()
-    ca = trustme.CA()
-    issued = ca.issue_cert("pymap.test")
-    files = TLSFiles(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem", ca=tmp_path / "ca.pem")
-    issued.private_key_pem.write_to_path(str(files.key))
-    issued.cert_chain_pems[0].write_to_path(str(files.cert))
-    ca.cert_pem.write_to_path(str(files.ca))
+    files = certificate_for(tmp_path, "pymap.test")
     cluster = PymapCluster(workdir=tmp_path / "cluster", size=2)
     port = free_port()
     for index, member in enumerate(cluster.members):

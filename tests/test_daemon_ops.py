@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.localpymap import DEMO_USER, PymapServer, TLSFiles, free_port
+from devstack.localpymap import DEMO_USER, PymapServer, free_port
 from pymap_deliver.logfmt import parse
 
 from .lmtp_client import LMTPClient, dot_stuff
@@ -201,19 +201,12 @@ async def test_a_names_addresses_are_looked_up_again_and_followed(tmp_path: Path
     the next lookup, mail goes to the new one; a lookup that fails keeps the
     members. Both pymaps, the daemon and IMAP are real; the name's addresses
     come from a stand-in resolver in the daemon's process."""
-    import trustme
-
     from devstack.localpymap import cleanup
 
-    from .conftest import require_pymap
+    from .conftest import certificate_for, require_pymap
 
     require_pymap()
-    ca = trustme.CA()
-    issued = ca.issue_cert("pymap.test")
-    files = TLSFiles(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem", ca=tmp_path / "ca.pem")
-    issued.private_key_pem.write_to_path(str(files.key))
-    issued.cert_chain_pems[0].write_to_path(str(files.cert))
-    ca.cert_pem.write_to_path(str(files.ca))
+    files = certificate_for(tmp_path, "pymap.test")
     port = free_port()
     first, second = (PymapServer(workdir=tmp_path / f"pymap{n}", tls=files,
                                  admin_host=f"127.0.0.{n}", admin_port=port) for n in (1, 2))

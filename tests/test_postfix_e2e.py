@@ -22,7 +22,7 @@ from devstack.localpymap import DEMO_USER, PymapServer, TLSFiles, free_port
 from pymap_admin import AdminClient
 
 from ._require import require, require_tool
-from .conftest import create_user, require_pymap, socket_settings
+from .conftest import create_user, require_pymap, socket_settings, write_admin_config
 from .postfix import PostfixInstance, postfix_available, render, stop_deliver
 
 pytestmark = pytest.mark.postfix
@@ -161,12 +161,8 @@ def pipe_files(server: PymapServer, tls: TLSFiles, workdir: Path) -> PipeFiles:
     shutil.copyfile(tls.ca, ca)
     ca.chmod(0o644)
     files = PipeFiles(config=folder / "pymap-admin.conf", token=folder / "deliver.token")
-    files.config.write_text(
-        "[pymap-admin]\n"
-        f"host = 127.0.0.1\nport = {server.admin_port}\ncafile = {ca}\n"
-        f"token_file = {files.token}\ntimeout = 10\n")
-    shutil.chown(files.config, PIPE_USER)
-    files.config.chmod(0o600)
+    write_admin_config(files.config, port=server.admin_port, cafile=ca,
+                       token_file=files.token, owner=PIPE_USER)
     files.install_token(server)
     return files
 

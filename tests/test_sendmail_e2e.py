@@ -30,7 +30,7 @@ import pytest
 from devstack.localpymap import REPO, PymapServer, TLSFiles, free_port
 
 from ._require import require, require_tool
-from .conftest import create_user, require_pymap
+from .conftest import create_user, require_pymap, write_admin_config
 
 pytestmark = pytest.mark.sendmail
 
@@ -157,12 +157,8 @@ class Sendmail:
     def point_at(self, port: int) -> None:
         """The mailer's pymap-admin.conf, naming the admin port ``port``."""
         etc = self.workdir / "etc"
-        self.config.write_text(
-            "[pymap-admin]\n"
-            f"host = 127.0.0.1\nport = {port}\ncafile = {etc / 'ca.pem'}\n"
-            f"token_file = {etc / 'deliver.token'}\ntimeout = 10\n")
-        shutil.chown(self.config, MAILER_USER)
-        self.config.chmod(0o600)
+        write_admin_config(self.config, port=port, cafile=etc / "ca.pem",
+                           token_file=etc / "deliver.token", owner=MAILER_USER)
 
     def run(self, args: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
         """sendmail -C our cf ``args``, in namespaces of its own: a fully
