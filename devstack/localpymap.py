@@ -132,19 +132,16 @@ class PymapServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"pymap exited with {self.process.returncode}:\n"
                                    + self.log_path.read_text(errors="replace")[-3000:])
-            if self.token_path.exists() and self.socket_path.exists() and self._imap_ready():
+            # The admin TCP port too: pymap may open it after the others,
+            # and a first call to it would be refused.
+            if self.token_path.exists() and self.socket_path.exists() and \
+                    _listening("127.0.0.1", self.imap_port) and \
+                    _listening(self.admin_host, self.admin_port):
                 return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError("pymap did not start in time:\n"
                            + self.log_path.read_text(errors="replace")[-3000:])
-
-    def _imap_ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.imap_port), timeout=1):
-                return True
-        except OSError:
-            return False
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         process, self.process = self.process, None
@@ -248,6 +245,14 @@ def make_maildir_server(workdir: Path, **kwargs: object) -> PymapServer:
     maildir = workdir / "maildir"
     maildir.mkdir(parents=True, exist_ok=True)
     return PymapServer(workdir=workdir, backend=("maildir", str(maildir)), **kwargs)  # type: ignore[arg-type]
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def cleanup(server: PymapServer) -> None:
