@@ -187,8 +187,9 @@ class ConnectionSettings:
 
     def _addresses(self, *, strict: bool) -> tuple[ConnectionSettings, ...]:
         """This TCP endpoint once per address its host name resolves to, TLS
-        checking the name; as it is if it is an address, a socket, or does
-        not resolve now (then the channel resolves it when connecting)."""
+        checking the name; as it is if it is an address or a socket. A name
+        that does not resolve now stays as it is (the channel resolves it
+        when connecting), or with ``strict`` raises :class:`OSError`."""
         import ipaddress
         import socket
         from dataclasses import replace

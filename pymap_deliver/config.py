@@ -194,8 +194,7 @@ _OWN: tuple[Option, ...] = (
 )
 
 OPTIONS: tuple[Option, ...] = _OWN
-#: Keys of [pymap] that are the daemon's, not connection settings.
-_OWN_PYMAP = frozenset({"admin_config", "resolve_interval"})
+_CONNECTION_NAMES = frozenset(o.name for o in CONNECTION_OPTIONS)
 _BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 SECTIONS: tuple[str, ...] = (LISTEN, LMTP, RECIPIENTS, PYMAP, DAEMON)
 
@@ -370,7 +369,8 @@ def build(ns: argparse.Namespace, file: Path | None) -> DaemonConfig:
         shutdown_timeout=values["shutdown_timeout"],
     )
     connection: dict[str, object | None] = {
-        o.name: values[o.name] for o in OPTIONS if o.section == PYMAP and o.name not in _OWN_PYMAP}
+        o.name: values[o.name] for o in OPTIONS
+        if o.section == PYMAP and o.name in _CONNECTION_NAMES}
     return DaemonConfig(values=values, given=frozenset(given), config_file=file, server=server,
                         connection=connection)
 

@@ -48,10 +48,10 @@ __all__ = ["Daemon", "configure_logging", "main", "parse_args"]
 
 log = logging.getLogger("pymap_deliver")
 
-#: Options that a SIGHUP cannot change: they need the sockets or the
-#: privileges the daemon gave up at start-up.
 #: Seconds between looks at a resolve_interval of 0 (a SIGHUP may set one).
 _RESOLVE_RECHECK = 60.0
+#: Options that a SIGHUP cannot change: they need the sockets or the
+#: privileges the daemon gave up at start-up.
 RESTART_ONLY = frozenset({"listen", "unix", "unix_mode", "unix_owner", "unix_group",
                           "systemd", "user", "group", "allow_root", "metrics"})
 
@@ -272,9 +272,7 @@ class Daemon:
             renewed = False
         self.config = dataclasses.replace(new, values={
             **new.values, **{name: old[name] for name in ignored}})
-        if replaced:
-            self._in_background(self.probe())
-        else:
+        if not replaced:
             self._in_background(self.refresh_addresses())
         log.info(event("reloaded",
             config_file=new.config_file, changed=",".join(changed) or "none",
@@ -324,11 +322,11 @@ class Daemon:
             log.info(event("pymap addresses changed", host=settings.host,
                            before=" ".join(before), after=" ".join(after)))
             self._replace_client(self._new_client(settings, members), settings)
-            self._in_background(self.probe())
 
     def _replace_client(self, client: AdminClient, settings: ConnectionSettings) -> None:
-        """New connection settings: calls from now on use ``client``; the old
-        client is closed once the calls under way on it are done."""
+        """New connection settings: calls from now on use ``client`` (probed,
+        as at start-up); the old client is closed once the calls under way
+        on it are done."""
         assert self.backend is not None and self.settings is not None
         retired = self.backend.replace_client(client)
         # Each call on the old client ends within its deadline (timeout),
@@ -338,6 +336,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.collector.pool = client.pool
         self._in_background(self._retire(retired, grace))
+        self._in_background(self.probe())
         log.info(event("pymap connection replaced", pymap=settings.target,
                        old_client_closes_in=f"{grace:.0f}s"))
 
